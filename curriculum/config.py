@@ -1,0 +1,218 @@
+"""Typed run configuration: the schema every composed Hydra config is validated against."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message is one sentence naming key and value."""
+
+
+class OnInvalid(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+class Mode(str, Enum):
+    frozen = "frozen"
+    lora = "lora"
+    full = "full"
+
+
+@dataclass
+class ShapesConfig:
+    train_image_text: int = 1200
+    train_text_only: int = 800
+    val_image_text: int = 64
+    val_text_only: int = 64
+    image_size: int = 32
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    # Empty train_files means the built-in `shapes` data.
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    image_root: Optional[str] = None
+    file_groups: dict[str, str] = field(default_factory=dict)
+    on_invalid: OnInvalid = OnInvalid.error
+    max_length: int = 512
+    micro_batch_size: int = 8
+    val_micro_batch_size: int = 16
+    num_workers: int = 2
+    shapes: ShapesConfig = field(default_factory=ShapesConfig)
+
+    def check(self) -> None:
+        _positive("data.max_length", self.max_length)
+        _positive("data.micro_batch_size", self.micro_batch_size)
+        _positive("data.val_micro_batch_size", self.val_micro_batch_size)
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} is not allowed: use 0 or more.")
+        if self.val_files and not self.train_files:
+            raise ConfigError("data.val_files is set but data.train_files is empty: give both, or neither for the built-in data.")
+
+
+@dataclass
+class TrainableConfig:
+    vision: Mode = Mode.frozen
+    projector: Mode = Mode.full
+    language: Mode = Mode.full
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    # Regex (full match on module names); null builds one anchored on the components set to `lora`.
+    target_modules: Optional[str] = None
+    target_leaves: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "builtin:tiny-llava"
+    dtype: str = "float32"
+    attn_implementation: Optional[str] = None
+    trainable: TrainableConfig = field(default_factory=TrainableConfig)
+    peft: Optional[LoraConfig] = None
+
+    def check(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"model.dtype={self.dtype} is not allowed: use float32, bfloat16 or float16.")
+        modes = {k: getattr(self.trainable, k) for k in ("vision", "projector", "language")}
+        lora = [k for k, m in modes.items() if m is Mode.lora]
+        if lora and self.peft is None:
+            raise ConfigError(f"model.trainable.{lora[0]}=lora needs a LoRA config: add model/peft=lora.")
+        if self.peft is not None and not lora:
+            raise ConfigError("model.peft is set but no component of model.trainable is `lora`: set one, e.g. model.trainable.language=lora.")
+        if all(m is Mode.frozen for m in modes.values()):
+            raise ConfigError("model.trainable freezes vision, projector and language: at least one must be lora or full.")
+        if self.peft is not None:
+            _positive("model.peft.r", self.peft.r)
+            if not 0.0 <= self.peft.dropout < 1.0:
+                raise ConfigError(f"model.peft.dropout={self.peft.dropout} is not allowed: use a value in [0, 1).")
+            if self.peft.target_modules is not None:
+                try:
+                    re.compile(self.peft.target_modules)
+                except re.error as e:
+                    raise ConfigError(f"model.peft.target_modules={self.peft.target_modules!r} is not a valid regex: {e}.") from None
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 10
+    # Cosine decay to min_lr_ratio * lr at the last step; "constant" keeps lr after warmup.
+    scheduler: str = "cosine"
+    min_lr_ratio: float = 0.1
+
+    def check(self) -> None:
+        _positive("optim.lr", self.lr)
+        if self.scheduler not in ("cosine", "constant"):
+            raise ConfigError(f"optim.scheduler={self.scheduler} is not allowed: use cosine or constant.")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} is not allowed: use 0 or more.")
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 120
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    # Optimizer steps between validations (0 = only at the end).
+    val_every_n_steps: int = 40
+    limit_val_batches: Optional[int] = None
+    enable_progress_bar: bool = True
+    # DDP without unused-parameter search: the model runs every trained module on every rank.
+    find_unused_parameters: bool = False
+
+    def check(self) -> None:
+        _positive("trainer.max_steps", self.max_steps)
+        _positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches)
+        if self.val_every_n_steps < 0:
+            raise ConfigError(f"trainer.val_every_n_steps={self.val_every_n_steps} is not allowed: use 0 or more.")
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    tensorboard: bool = False
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    # auto: adapter when PEFT is used, full model otherwise; merged: merge LoRA into the weights.
+    mode: str = "auto"
+
+    def check(self) -> None:
+        if self.mode not in ("auto", "merged", "adapter"):
+            raise ConfigError(f"export.mode={self.mode} is not allowed: use auto, merged or adapter.")
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+    cache_dir: str = "~/.cache/curriculum"
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    # Free-form place for the staged schedule (typed by curriculum.schedule).
+    schedule: Optional[dict[str, Any]] = None
+
+    def check(self) -> None:
+        for part in (self.data, self.model, self.optim, self.trainer, self.export):
+            part.check()
+        if self.export.mode == "merged" and self.model.peft is None:
+            raise ConfigError("export.mode=merged needs model/peft=lora: there is no adapter to merge.")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}={value} is not allowed: use a positive value.")
+
+
+def validate(cfg: DictConfig | dict) -> RunConfig:
+    """Check a composed config against the schema and return it typed, or raise ConfigError."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        run: RunConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_sentence(e)) from None
+    run.check()
+    return run
+
+
+def _one_sentence(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None) or "?"
+    msg = str(e).splitlines()[0].strip()
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        return f"Config key `{key}` is not allowed here ({msg})."
+    return f"Config key `{key}` has a wrong value: {msg}."

@@ -1,0 +1,1 @@
+"""Data: readers, canonical records, images, collation and the built-in dataset."""

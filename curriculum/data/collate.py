@@ -1,0 +1,196 @@
+"""Processor-driven batches: chat template -> input_ids, assistant-only labels, pixel inputs, group ids.
+
+Labels come from the processor's own chat template: the characters of each assistant turn are
+found by rendering the conversation prefixes, mapped to tokens of the unexpanded text through
+offsets, and carried onto the processor's expanded ids (image placeholders become many image
+tokens) by subsequence alignment. No token ids or templates are written per model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from curriculum.data.images import ImageError, load_image
+from curriculum.data.records import IMAGE_TOKEN
+
+IGNORE_INDEX = -100
+_PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN))
+
+
+class SampleError(Exception):
+    """A record cannot become a training sample; the message names record, source and reason."""
+
+
+@dataclass
+class _Prepared:
+    record: dict
+    images: list
+    text: str
+    ids: list[int]
+    supervised: list[bool]
+
+
+def to_hf_messages(messages: list[dict]) -> list[dict]:
+    """Canonical messages -> transformers structured content, `<image>` placeholders as image parts."""
+    out = []
+    for m in messages:
+        parts: list[dict] = []
+        pieces = _PLACEHOLDER.split(m["content"])
+        for k, piece in enumerate(pieces):
+            if k:
+                parts.append({"type": "image"})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        out.append({"role": m["role"], "content": parts})
+    return out
+
+
+def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation and return it with the character spans of every assistant turn."""
+    text = processor.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        upto = processor.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (text.startswith(upto) and upto.startswith(before)):
+            raise ValueError(
+                "the processor's chat template does not render conversations prefix by prefix, so assistant "
+                "turns cannot be located; use a model whose template renders each turn independently"
+            )
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+def align(expanded: list[int], unexpanded: list[int]) -> list[int]:
+    """Index into `unexpanded` for every expanded token, or -1 for tokens the processor inserted."""
+    out, j = [], 0
+    for tok in expanded:
+        if j < len(unexpanded) and tok == unexpanded[j]:
+            out.append(j)
+            j += 1
+        else:
+            out.append(-1)
+    if j != len(unexpanded):
+        raise ValueError("the processor's token ids do not contain the chat text's tokens in order")
+    return out
+
+
+class Collator:
+    """Turns a list of canonical records into one model batch; invalid samples follow `on_invalid`."""
+
+    def __init__(self, processor, group_names: list[str], max_length: int, on_invalid: str):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "right"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.group_index = {g: i for i, g in enumerate(group_names)}
+        self.max_length = max_length
+        self.on_invalid = on_invalid
+        self.image_token_ids = {
+            i for i in (getattr(processor, "image_token_id", None), self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))) if isinstance(i, int)
+        }
+
+    def __call__(self, records: list[dict]) -> dict:
+        skipped: list[dict] = []
+        prepared = []
+        for r in records:
+            try:
+                prepared.append(self._prepare(r))
+            except (ImageError, SampleError) as e:
+                self._reject(r, str(e), skipped)
+        batch = self._encode(prepared, skipped)
+        batch["skipped"] = skipped
+        return batch
+
+    def _reject(self, record: dict, reason: str, skipped: list[dict]) -> None:
+        if self.on_invalid == "error":
+            raise SampleError(f"record {record['id']} ({record['source']}): {reason} (set data.on_invalid=skip to count and skip such records)")
+        skipped.append({"id": record["id"], "source": record["source"], "reason": reason})
+
+    def _prepare(self, record: dict) -> _Prepared:
+        images = [load_image(p) for p in record["images"]]
+        text, spans = assistant_spans(self.processor, to_hf_messages(record["messages"]))
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        supervised = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
+        return _Prepared(record, images, text, list(enc["input_ids"]), supervised)
+
+    def _encode(self, prepared: list[_Prepared], skipped: list[dict]) -> dict:
+        while True:
+            try:
+                out = self._process(prepared)
+            except ValueError:
+                # Find the samples the processor refuses on their own, count them, process the rest.
+                errors = [self._process_error(p) for p in prepared]
+                if not any(errors):
+                    raise
+                for p, err in zip(prepared, errors):
+                    if err:
+                        self._reject(p.record, f"the processor refused it: {err}", skipped)
+                prepared = [p for p, err in zip(prepared, errors) if not err]
+                continue
+            labels, keep, reasons = self._labels(out, prepared)
+            if all(keep):
+                break
+            for p, ok, why in zip(prepared, keep, reasons):
+                if not ok:
+                    self._reject(p.record, why, skipped)
+            prepared = [p for p, ok in zip(prepared, keep) if ok]
+        if not prepared:
+            return {"input_ids": torch.zeros(0, 0, dtype=torch.long), "group_ids": torch.zeros(0, dtype=torch.long), "sample_ids": []}
+        width = min(out["input_ids"].shape[1], self.max_length)
+        batch = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        batch["input_ids"] = batch["input_ids"][:, :width]
+        batch["attention_mask"] = batch["attention_mask"][:, :width]
+        batch["labels"] = labels[:, :width]
+        for k in ("token_type_ids", "mm_token_type_ids"):
+            if k in batch and batch[k].dim() == 2:
+                batch[k] = batch[k][:, :width]
+        batch["group_ids"] = torch.tensor([self.group_index[p.record["group"]] for p in prepared], dtype=torch.long)
+        batch["sample_ids"] = [p.record["id"] for p in prepared]
+        return batch
+
+    def _process(self, prepared: list[_Prepared]):
+        if not prepared:
+            return {"input_ids": torch.zeros(0, 0, dtype=torch.long), "attention_mask": torch.zeros(0, 0, dtype=torch.long)}
+        images = [p.images for p in prepared] if any(p.images for p in prepared) else None
+        return self.processor(
+            text=[p.text for p in prepared], images=images, padding=True, add_special_tokens=False, return_tensors="pt"
+        )
+
+    def _process_error(self, p: _Prepared) -> str:
+        try:
+            self._process([p])
+        except ValueError as e:
+            return str(e).splitlines()[0] or type(e).__name__
+        return ""
+
+    def _labels(self, out, prepared: list[_Prepared]):
+        ids = out["input_ids"]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        keep, reasons = [], []
+        for row, p in enumerate(prepared):
+            n = int(out["attention_mask"][row].sum())
+            expanded = ids[row, :n].tolist()
+            mapping = align(expanded, p.ids)
+            image_pos = [k for k, j in enumerate(mapping) if j < 0 or p.ids[j] in self.image_token_ids]
+            if n > self.max_length and image_pos and image_pos[-1] >= self.max_length:
+                keep.append(False)
+                reasons.append(f"truncation to data.max_length={self.max_length} would cut image tokens (sample has {n} tokens)")
+                continue
+            for k, j in enumerate(mapping[: self.max_length]):
+                if j >= 0 and p.supervised[j]:
+                    labels[row, k] = expanded[k]
+            # Position 0 is never predicted, so it does not count as a supervised token.
+            if not bool((labels[row, 1 : self.max_length] != IGNORE_INDEX).any()):
+                keep.append(False)
+                reasons.append(f"no supervised (assistant) token within data.max_length={self.max_length}")
+                continue
+            keep.append(True)
+            reasons.append("")
+        return labels, keep, reasons

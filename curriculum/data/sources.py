@@ -1,0 +1,91 @@
+"""Resolve the run's data files (user files or built-in shapes) into cached record tables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from curriculum.config import RunConfig
+from curriculum.data.records import LoadReport, RecordTable, load_or_build
+
+PREFERRED_GROUP_ORDER = ("image_text", "text_only")
+
+
+class InvalidDataError(Exception):
+    """Invalid records were found and data.on_invalid=error; the message lists the first ones."""
+
+
+@dataclass
+class DataBundle:
+    train: RecordTable | None
+    val: RecordTable | None
+    train_report: LoadReport
+    val_report: LoadReport
+    group_names: list[str]
+
+    @property
+    def invalid(self) -> list[dict]:
+        """Every invalid record of train and validation files."""
+        return self.train_report.invalid + self.val_report.invalid
+
+
+def order_groups(names) -> list[str]:
+    """Stable group order: image_text, text_only, then the others alphabetically."""
+    names = set(names)
+    return [g for g in PREFERRED_GROUP_ORDER if g in names] + sorted(names - set(PREFERRED_GROUP_ORDER))
+
+
+def resolve_files(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """Train and validation files: the user's, or the built-in shapes data generated on first use."""
+    if cfg.data.train_files:
+        return list(cfg.data.train_files), list(cfg.data.val_files)
+    from curriculum.data.builtin import ensure_shapes
+
+    s = cfg.data.shapes
+    shapes = ensure_shapes(
+        cache_dir(cfg),
+        train_image_text=s.train_image_text,
+        train_text_only=s.train_text_only,
+        val_image_text=s.val_image_text,
+        val_text_only=s.val_text_only,
+        image_size=s.image_size,
+        seed=s.seed,
+    )
+    return [shapes.train_file], [shapes.val_file]
+
+
+def cache_dir(cfg: RunConfig) -> str:
+    """The expanded cache folder for built-in data, models and record tables."""
+    return os.path.expanduser(cfg.paths.cache_dir)
+
+
+def load_data(cfg: RunConfig, *, on_invalid: str | None = None) -> DataBundle:
+    """Read, validate and cache every record; tables are None when invalid records stop the run."""
+    train_files, val_files = resolve_files(cfg)
+    policy = on_invalid or cfg.data.on_invalid.value
+    common = dict(cache_dir=cache_dir(cfg), image_root=cfg.data.image_root, file_groups=dict(cfg.data.file_groups), on_invalid=policy)
+    train, train_report = load_or_build(train_files, **common)
+    val, val_report = load_or_build(val_files, **common) if val_files else (None, LoadReport({}, {}, []))
+    groups = order_groups(list(train_report.groups) + list(val_report.groups))
+    return DataBundle(train, val, train_report, val_report, groups)
+
+
+def describe_invalid(invalid: list[dict], limit: int = 10) -> str:
+    """Lines naming file, record index (and line) and reason of the first invalid records."""
+    lines = []
+    for e in invalid[:limit]:
+        where = f"record {e['index']}" + (f" (line {e['line']})" if e.get("line") else "")
+        ident = f" id={e['id']}" if e.get("id") else ""
+        lines.append(f"  {e['source']}: {where}{ident}: {e['reason']}")
+    if len(invalid) > limit:
+        lines.append(f"  ... and {len(invalid) - limit} more")
+    return "\n".join(lines)
+
+
+def require_valid(bundle: DataBundle) -> None:
+    """Raise InvalidDataError naming the first invalid records (policy `error`)."""
+    if bundle.invalid:
+        raise InvalidDataError(
+            f"{len(bundle.invalid)} invalid record(s) (data.on_invalid=error; use data.on_invalid=skip to skip and count them):\n"
+            + describe_invalid(bundle.invalid)
+        )

@@ -1,0 +1,109 @@
+"""LightningDataModule: record tables + a replaceable global-stream sampler + the collator."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset
+
+from curriculum.data.collate import Collator
+from curriculum.data.records import RecordTable
+from curriculum.schedule.sampler import GlobalBatchSampler, IndexStream, ShuffledStream
+
+
+def default_stream(table: RecordTable, seed: int) -> IndexStream:
+    """The stream used when no schedule is configured: every record once per pass, reshuffled per pass."""
+    return ShuffledStream(np.arange(len(table)), seed)
+
+
+class RecordDataset(Dataset):
+    """Map-style view of a record table; rows are read from the memory-mapped file on demand."""
+
+    def __init__(self, table: RecordTable):
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.table[int(i)]
+
+
+class _RankSlices:
+    """Contiguous, rank-strided validation batches: every record is seen once across ranks."""
+
+    def __init__(self, n: int, batch: int, rank: int, world: int):
+        starts = list(range(0, n, batch))
+        self.batches = [list(range(s, min(n, s + batch))) for s in starts[rank::world]]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class CurriculumDataModule(pl.LightningDataModule):
+    """Serves training micro-batches from a global index stream and sharded validation batches."""
+
+    def __init__(
+        self,
+        train: RecordTable,
+        val: RecordTable | None,
+        collator: Collator,
+        *,
+        micro_batch: int,
+        val_micro_batch: int,
+        accumulate: int,
+        total_steps: int,
+        num_workers: int,
+        seed: int,
+        stream_factory: Callable[[RecordTable], IndexStream] | None = None,
+    ):
+        super().__init__()
+        self.train = train
+        self.val = val
+        self.collator = collator
+        self.micro_batch = micro_batch
+        self.val_micro_batch = val_micro_batch
+        self.accumulate = accumulate
+        self.total_steps = total_steps
+        self.num_workers = num_workers
+        self.stream = stream_factory(train) if stream_factory else default_stream(train, seed)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_sampler(self, start_step: int = 0) -> GlobalBatchSampler:
+        """This rank's batch sampler for the whole run (from `start_step`)."""
+        rank, world = self._world()
+        return GlobalBatchSampler(
+            self.stream,
+            micro_batch=self.micro_batch,
+            world_size=world,
+            rank=rank,
+            accumulate=self.accumulate,
+            total_steps=self.total_steps,
+            start_step=start_step,
+        )
+
+    def _loader(self, dataset: Dataset, batch_sampler, persistent: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=persistent and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(RecordDataset(self.train), self.train_sampler(), persistent=False)
+
+    def val_dataloader(self):
+        if self.val is None or len(self.val) == 0:
+            return []
+        rank, world = self._world()
+        return self._loader(RecordDataset(self.val), _RankSlices(len(self.val), self.val_micro_batch, rank, world), persistent=True)

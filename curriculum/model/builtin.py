@@ -1,0 +1,158 @@
+"""Built-in tiny vision-language models, made from transformers configs and saved like real checkpoints.
+
+Nothing is downloaded: a byte-level BPE tokenizer is trained on the built-in data's text, the
+weights are seeded random inits, and the result is written with `save_pretrained` so it is
+loaded back through the same `from_pretrained` path a hub checkpoint uses.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterable
+
+import torch
+
+BUILTIN_PREFIX = "builtin:"
+BUILDER_VERSION = "1"
+
+# A ChatML-style template that renders structured content ({"type": "image"|"text"}) with the
+# model's own image token, and marks nothing by hand: labels come from rendering prefixes.
+_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}{IMAGE}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_SPECIALS = ["<pad>", "<s>", "</s>", "<image>", "<|im_start|>", "<|im_end|>"]
+
+
+def builtin_names() -> list[str]:
+    """Names accepted after `builtin:` in model.name_or_path."""
+    return sorted(_BUILDERS)
+
+
+def ensure_builtin(name: str, cache_dir: str, corpus: Callable[[], Iterable[str]]) -> str:
+    """Return the folder of built-in model `name`, building and saving it on first use."""
+    if name not in _BUILDERS:
+        raise ValueError(f"model.name_or_path=builtin:{name} is unknown: use one of {', '.join('builtin:' + n for n in builtin_names())}.")
+    target = os.path.join(os.path.expanduser(cache_dir), "models", f"{name}-v{BUILDER_VERSION}")
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(target))
+    try:
+        tokenizer = _train_tokenizer(corpus(), extra=_EXTRA_TOKENS[name])
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model, processor = _BUILDERS[name](tokenizer)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _train_tokenizer(texts: Iterable[str], extra: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=_SPECIALS + extra,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="right",
+    )
+
+
+def _text_config(tokenizer) -> dict:
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def _tiny_llava(tokenizer):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    vision = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=64,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=LlamaConfig(**_text_config(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=_CHAT_TEMPLATE.replace("{IMAGE}", "<image>"),
+    )
+    return LlavaForConditionalGeneration(config), processor
+
+
+def _tiny_idefics3(tokenizer):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    config = Idefics3Config(
+        text_config=dict(model_type="llama", **_text_config(tokenizer)),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=4,
+        chat_template=_CHAT_TEMPLATE.replace("{IMAGE}", "<image>"),
+    )
+    return Idefics3ForConditionalGeneration(config), processor
+
+
+_BUILDERS = {"tiny-llava": _tiny_llava, "tiny-idefics3": _tiny_idefics3}
+_EXTRA_TOKENS = {
+    "tiny-llava": [],
+    "tiny-idefics3": ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"],
+}

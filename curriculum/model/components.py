@@ -1,0 +1,72 @@
+"""Which parameters belong to the vision tower, the projector and the language model, and what trains."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import torch
+
+from curriculum.config import LoraConfig, Mode, TrainableConfig
+
+COMPONENTS = ("vision", "projector", "language")
+
+# Module-name markers per component across transformers VLM families (LLaVA, LLaVA-Next,
+# Qwen2-VL, Idefics3/SmolVLM, PaliGemma, Gemma3, Mistral3, MiniCPM-V). The projector is matched
+# first because some families nest it inside the vision module (Qwen2-VL's `visual.merger`).
+_MARKERS = {
+    "projector": r"multi_modal_projector|mm_projector|connector|merger|resampler|vision_projection",
+    "vision": r"vision_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
+    "language": r"language_model|text_model|lm_head|llm|embed_tokens",
+}
+_PATTERNS = {c: re.compile(rf"(?:^|\.)(?:{m})(?:\.|$)") for c, m in _MARKERS.items()}
+
+
+def component_of(param_name: str) -> str:
+    """Component ('vision', 'projector' or 'language') a parameter belongs to."""
+    for comp in ("projector", "vision", "language"):
+        if _PATTERNS[comp].search(param_name):
+            return comp
+    raise ValueError(
+        f"parameter {param_name} belongs to no known component (vision, projector, language) of this "
+        "architecture; curriculum.model.components needs a marker for it."
+    )
+
+
+def component_prefixes(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Shortest module-name prefixes that hold each component's parameters."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for name, _ in model.named_parameters():
+        comp = component_of(name)
+        m = _PATTERNS[comp].search(name)
+        found[comp].add(name[: m.end()].rstrip("."))
+    return {c: sorted(found.get(c, ())) for c in COMPONENTS}
+
+
+def lora_target_regex(model: torch.nn.Module, trainable: TrainableConfig, lora: LoraConfig) -> str:
+    """Regex of module names that get LoRA: the user's, or leaves inside the `lora` components."""
+    if lora.target_modules:
+        return lora.target_modules
+    prefixes = [p for c in COMPONENTS if getattr(trainable, c) is Mode.lora for p in component_prefixes(model)[c]]
+    leaves = "|".join(map(re.escape, lora.target_leaves))
+    anchors = "|".join(map(re.escape, prefixes))
+    return rf"^(?:{anchors})\..*\.(?:{leaves})$"
+
+
+def apply_trainability(model: torch.nn.Module, trainable: TrainableConfig) -> dict[str, int]:
+    """Set requires_grad per component; LoRA weights train in `lora` components. Returns trained counts."""
+    counts = dict.fromkeys(COMPONENTS, 0)
+    for name, p in model.named_parameters():
+        comp = component_of(name)
+        mode = getattr(trainable, comp)
+        is_lora = "lora_" in name
+        p.requires_grad_(mode is Mode.full and not is_lora or mode is Mode.lora and is_lora)
+        if p.requires_grad:
+            counts[comp] += p.numel()
+    for comp in COMPONENTS:
+        if getattr(trainable, comp) is not Mode.frozen and counts[comp] == 0:
+            raise ValueError(
+                f"model.trainable.{comp}={getattr(trainable, comp).value} matched no parameter: "
+                "for lora, check model.peft.target_modules / target_leaves."
+            )
+    return counts

@@ -1,0 +1,73 @@
+"""Load any transformers image-text-to-text model + processor, and wire PEFT and trainability."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from curriculum.config import ModelConfig
+from curriculum.model.builtin import BUILTIN_PREFIX, ensure_builtin
+from curriculum.model.components import apply_trainability, component_prefixes, lora_target_regex
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str) -> str:
+    """A local folder or hub id as given, or the folder of a built-in model (built on first use)."""
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
+    from curriculum.data.builtin import ensure_shapes, iter_texts
+
+    # The built-in tokenizer is trained on the default built-in data, whatever the run trains on.
+    shapes = ensure_shapes(cache_dir)
+    return ensure_builtin(name_or_path[len(BUILTIN_PREFIX):], cache_dir, lambda: iter_texts(shapes))
+
+
+def load_processor(path: str):
+    """The model's processor (tokenizer, image processor, chat template)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path)
+    if getattr(processor, "chat_template", None) is None:
+        raise ValueError(f"model {path} has no chat template in its processor: labels need one to find assistant turns.")
+    return processor
+
+
+def load_model(cfg: ModelConfig, path: str) -> torch.nn.Module:
+    """The model from `path` with PEFT adapters (if configured) and per-component requires_grad."""
+    from transformers import AutoModelForImageTextToText
+
+    kwargs = {"dtype": DTYPES[cfg.dtype]}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if not os.path.isdir(path):
+        log.info("loading %s from the hub cache or the network", path)
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    model.train()  # from_pretrained returns eval mode; dropout must be on while training
+    if cfg.peft is not None:
+        model = _with_lora(model, cfg)
+    counts = apply_trainability(model, cfg.trainable)
+    log.info("trainable parameters per component: %s", counts)
+    return model
+
+
+def _with_lora(model, cfg: ModelConfig):
+    from peft import LoraConfig, get_peft_model
+
+    trainable = cfg.trainable
+    prefixes = component_prefixes(model)
+    # Fully trained components must be saved with the adapter, so PEFT keeps them as modules_to_save.
+    full = [p.rsplit(".", 1)[-1] for c in ("vision", "projector", "language") if getattr(trainable, c).value == "full" for p in prefixes[c]]
+    lora = LoraConfig(
+        r=cfg.peft.r,
+        lora_alpha=cfg.peft.alpha,
+        lora_dropout=cfg.peft.dropout,
+        target_modules=lora_target_regex(model, trainable, cfg.peft),
+        modules_to_save=full or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)

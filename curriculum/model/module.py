@@ -1,0 +1,195 @@
+"""LightningModule around any transformers image-text-to-text model, with per-group losses."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from curriculum.config import OptimConfig
+from curriculum.data.collate import IGNORE_INDEX
+
+_NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped")
+
+
+def vision_dummy_inputs(processor, model) -> dict:
+    """Smallest valid image input for `model.get_image_features`, built by the model's own processor."""
+    size = getattr(getattr(model.config, "vision_config", None), "image_size", 32)
+    size = size if isinstance(size, int) else 32
+    pixels = dict(processor.image_processor(images=[Image.new("RGB", (size, size))], return_tensors="pt"))
+    accepted = inspect.signature(model.get_image_features).parameters
+    return {k: v for k, v in pixels.items() if k in accepted and isinstance(v, torch.Tensor)}
+
+
+def _tensors(x):
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, dict) or hasattr(x, "values") and not isinstance(x, str):
+        for v in x.values():
+            yield from _tensors(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _tensors(v)
+
+
+class VLMModule(pl.LightningModule):
+    """Trains `model` on collated batches and logs loss per mixing group every optimizer step."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        group_names: list[str],
+        optim: OptimConfig,
+        max_steps: int,
+        vision_dummy: dict | None = None,
+        skipped_log: str | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.group_names = list(group_names)
+        self.optim = optim
+        self.max_steps = max_steps
+        # Run the vision path on a tiny input when a micro-batch has no image, so every rank calls the same modules.
+        self.vision_dummy = vision_dummy
+        self.skipped_log = skipped_log
+        self._train_sums = torch.zeros(len(group_names), 2, dtype=torch.float64)
+        self._val_sums = torch.zeros(len(group_names), 2, dtype=torch.float64)
+        self.skipped_total = 0
+
+    # ---- forward and loss -------------------------------------------------------------------
+
+    def group_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean token loss of the batch and a [groups, 2] tensor of (loss sum, token count)."""
+        sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64, device=self.device)
+        if batch["input_ids"].numel() == 0:
+            # Every sample was skipped: still touch every trained parameter so collectives match.
+            zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+            return zero + self._dummy_vision_term(), sums
+        inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+        dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+        inputs = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items()}
+        logits = self.model(**inputs).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        token_loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view(labels.shape)
+        row_loss = token_loss.sum(1)
+        row_tokens = (labels != IGNORE_INDEX).sum(1)
+        sums[:, 0].index_add_(0, batch["group_ids"], row_loss.detach().double())
+        sums[:, 1].index_add_(0, batch["group_ids"], row_tokens.double())
+        loss = row_loss.sum() / row_tokens.sum().clamp(min=1)
+        if "pixel_values" not in batch:
+            loss = loss + self._dummy_vision_term()
+        return loss, sums
+
+    def _dummy_vision_term(self) -> torch.Tensor:
+        if self.vision_dummy is None:
+            return torch.zeros((), device=self.device)
+        dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+        inputs = {k: v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device) for k, v in self.vision_dummy.items()}
+        out = self.model.get_image_features(**inputs)
+        return sum(t.float().sum() for t in _tensors(out) if t.requires_grad) * 0.0
+
+    # ---- training ---------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, sums = self.group_losses(batch)
+        self._train_sums = self._train_sums.to(self.device) + sums
+        self._record_skipped(batch.get("skipped", []))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches:
+            return
+        sums = self._reduce(self._train_sums)
+        self._train_sums = torch.zeros_like(self._train_sums)
+        skipped = self._reduce(torch.tensor([float(self.skipped_total)], device=self.device))
+        metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
+        for g, name in enumerate(self.group_names):
+            if sums[g, 1] > 0:  # a group absent from this step leaves its loss cell empty
+                metrics[f"train/loss_{name}"] = _ratio(sums[g, 0], sums[g, 1])
+            metrics[f"train/tokens_{name}"] = float(sums[g, 1])
+        metrics["train/skipped"] = float(skipped[0])
+        metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        shown = {k for k in metrics if k.startswith("train/loss_")}
+        for k, v in metrics.items():
+            self.log(k, v, on_step=True, on_epoch=False, prog_bar=k in shown, rank_zero_only=True)
+
+    def _record_skipped(self, skipped: list[dict]) -> None:
+        if not skipped:
+            return
+        self.skipped_total += len(skipped)
+        if self.skipped_log:
+            with open(self.skipped_log, "a", encoding="utf-8") as f:
+                for s in skipped:
+                    f.write(json.dumps({"step": self.global_step, "rank": self.global_rank, **s}) + "\n")
+
+    # ---- validation -------------------------------------------------------------------------
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        _, sums = self.group_losses(batch)
+        self._val_sums = self._val_sums.to(self.device) + sums
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self._reduce(self._val_sums)
+        self._val_sums = torch.zeros_like(self._val_sums)
+        if self.trainer.sanity_checking:
+            return
+        self.log("val/loss", _ratio(sums[:, 0].sum(), sums[:, 1].sum()), rank_zero_only=True)
+        for g, name in enumerate(self.group_names):
+            if sums[g, 1] > 0:
+                self.log(f"val/loss_{name}", _ratio(sums[g, 0], sums[g, 1]), rank_zero_only=True)
+
+    def _reduce(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(self.device)
+        if self.trainer.world_size > 1:
+            t = self.trainer.strategy.reduce(t, reduce_op="sum")
+        return t
+
+    # ---- optimizer --------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier at optimizer step `step`: linear warmup, then cosine or constant."""
+        warm = self.optim.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        if self.optim.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, self.max_steps - warm))
+        floor = self.optim.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def freeze_unused_parameters(module: VLMModule, probe_batch: dict) -> list[str]:
+    """Freeze trained parameters that get no gradient from a real batch (e.g. an unused pooler).
+
+    DDP without find_unused_parameters needs every trained parameter to take part in every step.
+    """
+    loss, _ = module.group_losses(probe_batch)
+    loss.backward()
+    unused = [n for n, p in module.model.named_parameters() if p.requires_grad and p.grad is None]
+    for n, p in module.model.named_parameters():
+        if n in unused:
+            p.requires_grad_(False)
+        p.grad = None
+    return unused
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:
+    return float(num / den) if float(den) > 0 else float("nan")

@@ -1,0 +1,150 @@
+"""The training recipe: build data, model, module and trainer from a validated config, then fit."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger
+
+from curriculum.config import Mode, RunConfig
+from curriculum.data.collate import Collator
+from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
+from curriculum.datamodule import CurriculumDataModule
+from curriculum.export import export_model
+from curriculum.model.load import load_model, load_processor, resolve_model_path
+from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
+from curriculum.plan import build_plan, write_plan
+
+log = logging.getLogger("curriculum")
+
+SHARDING_STRATEGIES = ("fsdp", "deepspeed")
+
+
+@dataclass
+class Parts:
+    bundle: DataBundle
+    processor: object
+    module: VLMModule
+    datamodule: CurriculumDataModule
+    plan: dict
+
+
+def world_size(cfg: RunConfig) -> int:
+    """Number of training processes the trainer config asks for (devices x nodes)."""
+    devices = cfg.trainer.devices
+    n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 1)
+    return max(1, n) * cfg.trainer.num_nodes
+
+
+def needs_vision_dummy(cfg: RunConfig) -> bool:
+    """True when a micro-batch without images must still run the vision path (DDP / sharding safety)."""
+    t = cfg.model.trainable
+    trained = t.vision is not Mode.frozen or t.projector is not Mode.frozen
+    return trained or any(s in cfg.trainer.strategy for s in SHARDING_STRATEGIES)
+
+
+def load_checked_data(cfg: RunConfig) -> DataBundle:
+    """Records of the run; with on_invalid=error any invalid record stops here with names and reasons."""
+    bundle = load_data(cfg)
+    if cfg.data.on_invalid.value == "error":
+        require_valid(bundle)
+    elif bundle.invalid:
+        log.warning("skipped %d invalid record(s) at load time (listed in plan.json)", len(bundle.invalid))
+    return bundle
+
+
+def build_parts(cfg: RunConfig, run_dir: str) -> Parts:
+    """Data, processor, model and datamodule for a run folder."""
+    bundle = load_checked_data(cfg)
+    path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
+    processor = load_processor(path)
+    model = load_model(cfg.model, path)
+    collator = Collator(processor, bundle.group_names, cfg.data.max_length, cfg.data.on_invalid.value)
+    module = VLMModule(
+        model,
+        bundle.group_names,
+        cfg.optim,
+        cfg.trainer.max_steps,
+        vision_dummy=vision_dummy_inputs(processor, model) if needs_vision_dummy(cfg) else None,
+        skipped_log=os.path.join(run_dir, "skipped.jsonl"),
+    )
+    unused = freeze_unused_parameters(module, collator(_probe_records(bundle)))
+    if unused:
+        log.info("froze %d trained parameter tensor(s) that never receive a gradient, e.g. %s", len(unused), unused[0])
+    datamodule = CurriculumDataModule(
+        bundle.train,
+        bundle.val,
+        collator,
+        micro_batch=cfg.data.micro_batch_size,
+        val_micro_batch=cfg.data.val_micro_batch_size,
+        accumulate=cfg.trainer.accumulate_grad_batches,
+        total_steps=cfg.trainer.max_steps,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+    )
+    plan = build_plan(cfg, bundle, datamodule.stream, world_size(cfg))
+    return Parts(bundle, processor, module, datamodule, plan)
+
+
+def _probe_records(bundle: DataBundle) -> list[dict]:
+    """One record per group: enough to see which trained parameters a real batch reaches."""
+    return [bundle.train[int(rows[0])] for rows in bundle.train.group_indices().values() if len(rows)]
+
+
+def build_trainer(cfg: RunConfig, run_dir: str) -> pl.Trainer:
+    """A Lightning Trainer writing metrics.csv and checkpoints into the run folder."""
+    t = cfg.trainer
+    loggers = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=run_dir, name="", version=""))
+    if cfg.logger.tensorboard:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
+    strategy = t.strategy
+    if strategy == "ddp":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
+    val_every = t.val_every_n_steps or t.max_steps
+    return pl.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        # Validation cadence in micro-batches of the single long epoch the sampler provides.
+        val_check_interval=val_every * t.accumulate_grad_batches,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        logger=loggers or False,
+        callbacks=[ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), save_last=True, save_top_k=0)],
+        enable_progress_bar=t.enable_progress_bar,
+        # The global-stream sampler shards across ranks itself.
+        use_distributed_sampler=False,
+        default_root_dir=run_dir,
+        deterministic=True,
+    )
+
+
+def train(cfg: RunConfig, run_dir: str) -> str:
+    """Run a whole training job in `run_dir` and return the run folder."""
+    pl.seed_everything(cfg.seed, workers=True)
+    parts = build_parts(cfg, run_dir)
+    write_plan(parts.plan, run_dir)
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(parts.module, datamodule=parts.datamodule)
+    if cfg.export.enabled and trainer.is_global_zero:
+        kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)
+        log.info("exported %s to %s", kind, os.path.join(run_dir, "export"))
+    return run_dir

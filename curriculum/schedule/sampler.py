@@ -1,0 +1,91 @@
+"""Batch samplers that cut a global position -> record-index stream into per-rank micro-batches.
+
+The stream is global and independent of the number of ranks: optimizer step s consumes global
+positions [s*G, (s+1)*G) with G = micro_batch * world_size * accumulate; within it, accumulation
+micro-step k of rank r takes positions s*G + k*micro*world + r*micro + [0, micro). Any stream that
+maps an array of positions to record indices (a pure function) can drive it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable, Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+IndexStream = Callable[[np.ndarray], np.ndarray]
+
+
+def permutation(seed: int, key: str, pass_: int, n: int) -> np.ndarray:
+    """The seeded order of n items for (seed, key, pass); the same on every machine and rank."""
+    return _permutation(seed, key, pass_, n)
+
+
+@lru_cache(maxsize=16)
+def _permutation(seed: int, key: str, pass_: int, n: int) -> np.ndarray:
+    key_int = int.from_bytes(key.encode("utf-8")[:32].ljust(32, b"\0"), "little")
+    rng = np.random.Generator(np.random.PCG64([seed, key_int & (2**64 - 1), key_int >> 64 & (2**64 - 1), pass_]))
+    perm = rng.permutation(n)
+    perm.flags.writeable = False
+    return perm
+
+
+class ShuffledStream:
+    """All rows in a fresh seeded order each pass: position p -> perm(pass = p // n)[p % n]."""
+
+    def __init__(self, rows: np.ndarray, seed: int):
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.seed = seed
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        n = len(self.rows)
+        passes, offsets = np.divmod(positions, n)
+        out = np.empty(len(positions), dtype=np.int64)
+        for p in np.unique(passes):
+            sel = passes == p
+            out[sel] = self.rows[permutation(self.seed, "all", int(p), n)[offsets[sel]]]
+        return out
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This rank's micro-batches for optimizer steps [start_step, total_steps) of a global stream."""
+
+    def __init__(
+        self,
+        stream: IndexStream,
+        *,
+        micro_batch: int,
+        world_size: int,
+        rank: int,
+        accumulate: int,
+        total_steps: int,
+        start_step: int = 0,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.stream = stream
+        self.micro_batch = micro_batch
+        self.world_size = world_size
+        self.rank = rank
+        self.accumulate = accumulate
+        self.total_steps = total_steps
+        self.start_step = start_step
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step across all ranks and accumulation micro-steps."""
+        return self.micro_batch * self.world_size * self.accumulate
+
+    def positions(self, step: int, micro_step: int) -> np.ndarray:
+        """Global positions this rank reads at (optimizer step, accumulation micro-step)."""
+        base = step * self.global_batch + micro_step * self.micro_batch * self.world_size + self.rank * self.micro_batch
+        return np.arange(base, base + self.micro_batch, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step) * self.accumulate
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start_step, self.total_steps):
+            for k in range(self.accumulate):
+                yield self.stream(self.positions(step, k)).tolist()

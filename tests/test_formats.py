@@ -1,0 +1,308 @@
+"""Readers, format detection and normalisation into canonical records."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curriculum.data.formats import InvalidRecordError, detect_format, iter_file, iter_records, normalise
+
+
+def make_png(path) -> str:
+    """Write a tiny PNG and return its path as a string."""
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        make_png(tmp_path / name)
+    return tmp_path
+
+
+def write_jsonl(path, lines: list) -> str:
+    """Write JSONL; str items are written verbatim (to plant broken lines)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for item in lines:
+            f.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
+    return str(path)
+
+
+def write_json(path, records) -> str:
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return str(path)
+
+
+def load(path, **kwargs) -> list:
+    """All items of one file, records and errors, in order."""
+    return [item for _, _, item in iter_records(str(path), **kwargs)]
+
+
+def valid(items) -> list[dict]:
+    return [item for item in items if not isinstance(item, InvalidRecordError)]
+
+
+def reasons(items) -> list[str]:
+    return [item.reason for item in items if isinstance(item, InvalidRecordError)]
+
+
+def llava(id_, image=None, question="What is this?", answer="A square."):
+    record = {"id": id_, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    if image is not None:
+        record["image"] = image
+    return record
+
+
+def chat(role, content):
+    return {"role": role, "content": content}
+
+
+# --- LLaVA ---------------------------------------------------------------------------------------
+
+
+def test_llava_json_array_with_text_only(folder):
+    path = write_json(
+        folder / "data.json",
+        [
+            llava("img", "a.png", question="<image>\nWhat colour?"),
+            llava("txt"),
+            {**llava("sys"), "conversations": [{"from": "system", "value": "Be brief."}, *llava("x")["conversations"]]},
+        ],
+    )
+    items = load(path)
+    assert reasons(items) == []
+    img, txt, sys_ = items
+    assert img == {
+        "id": "img",
+        "messages": [chat("user", "<image>\nWhat colour?"), chat("assistant", "A square.")],
+        "images": [str(folder / "a.png")],
+        "group": "image_text",
+        "source": path,
+    }
+    assert txt["images"] == [] and txt["group"] == "text_only"
+    assert txt["messages"][0] == chat("user", "What is this?")
+    assert [m["role"] for m in sys_["messages"]] == ["system", "user", "assistant"]
+
+
+def test_llava_single_image_without_placeholder_gets_it_prepended(folder):
+    items = load(write_json(folder / "d.json", [llava("1", "a.png", question="Describe.")]))
+    assert items[0]["messages"][0]["content"] == "<image>\nDescribe."
+
+
+def test_llava_multi_image_list_and_null_image(folder):
+    path = write_jsonl(
+        folder / "d.jsonl",
+        [
+            llava("two", ["a.png", "b.png"], question="<image> vs <image>?"),
+            llava("null", None) | {"image": None},
+            llava("empty") | {"image": ""},
+        ],
+    )
+    two, null, empty = load(path)
+    assert two["images"] == [str(folder / "a.png"), str(folder / "b.png")]
+    assert null["images"] == [] and empty["images"] == []
+
+
+def test_missing_id_falls_back_to_file_and_index(folder):
+    record = llava("x")
+    del record["id"]
+    items = load(write_jsonl(folder / "d.jsonl", [llava("first"), record]))
+    assert items[1]["id"] == "d.jsonl:1"
+
+
+def test_relative_images_resolve_under_image_root(folder, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("elsewhere")
+    path = write_json(data_dir / "d.json", [llava("1", "a.png", question="<image>")])
+    assert reasons(load(path)) == [f"image file not found: {data_dir / 'a.png'}"]
+    assert load(path, image_root=str(folder))[0]["images"] == [str(folder / "a.png")]
+
+
+# --- MiniCPM-V -----------------------------------------------------------------------------------
+
+
+def minicpm(id_, image=None, user="What is this?", answer="A circle."):
+    record = {"id": id_, "conversations": [chat("user", user), chat("assistant", answer)]}
+    if image is not None:
+        record["image"] = image
+    return record
+
+
+def test_minicpm_single_image_placeholder_kept_or_prepended(folder):
+    path = write_jsonl(
+        folder / "m.jsonl",
+        [minicpm("kept", "a.png", user="Look: <image> now"), minicpm("added", "a.png"), minicpm("txt")],
+    )
+    kept, added, txt = load(path)
+    assert kept["messages"][0]["content"] == "Look: <image> now"
+    assert added["messages"][0]["content"] == "<image>\nWhat is this?"
+    assert added["images"] == [str(folder / "a.png")]
+    assert txt["images"] == [] and txt["group"] == "text_only"
+
+
+def test_minicpm_dict_images_ordered_by_appearance(folder):
+    record = {
+        "id": "multi",
+        "image": {"<image_00>": "a.png", "<image_01>": "b.png", "<image_02>": "c.png"},
+        "conversations": [
+            chat("user", "First <image_01>, then <image_02>."),
+            chat("assistant", "Noted."),
+            chat("user", "And <image_00>?"),
+            chat("assistant", "Red."),
+        ],
+    }
+    (item,) = load(write_json(folder / "m.json", [record]))
+    assert item["images"] == [str(folder / n) for n in ("b.png", "c.png", "a.png")]
+    assert item["messages"][0]["content"] == "First <image>, then <image>."
+    assert item["messages"][2]["content"] == "And <image>?"
+
+
+def test_minicpm_dict_key_missing_from_text(folder):
+    record = minicpm("k", {"<image_00>": "a.png", "<image_01>": "b.png"}, user="<image_00> only")
+    items = load(write_json(folder / "m.json", [record]))
+    assert reasons(items) == ["placeholder <image_01> not found in conversation"]
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def test_messages_format(folder):
+    path = write_jsonl(
+        folder / "s.jsonl",
+        [
+            {"messages": [chat("user", "<image><image>Same?"), chat("assistant", "No.")], "images": ["a.png", "b.png"]},
+            {"messages": [chat("system", "Hi."), chat("user", "2+2?"), chat("assistant", "4")], "images": []},
+            {"messages": [chat("user", "1+1?"), chat("assistant", "2")]},
+        ],
+    )
+    two, empty, missing = load(path)
+    assert two["images"] == [str(folder / "a.png"), str(folder / "b.png")] and two["group"] == "image_text"
+    assert empty["images"] == [] and missing["images"] == [] and missing["group"] == "text_only"
+    assert empty["messages"][0] == chat("system", "Hi.")
+
+
+def test_parquet_reader(folder):
+    rows = [
+        {"messages": [chat("user", "<image>Hi"), chat("assistant", "Yo")], "images": ["a.png"]},
+        {"messages": [chat("user", "Hi"), chat("assistant", "Yo")], "images": []},
+        {"messages": [chat("user", "Hi"), chat("assistant", "Yo")], "images": None},
+    ]
+    path = str(folder / "p.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)
+    assert [(index, line) for index, line, _ in iter_file(path)] == [(0, None), (1, None), (2, None)]
+    items = load(path)
+    assert [len(item["images"]) for item in items] == [1, 0, 0]
+    assert [item["id"] for item in items] == ["p.parquet:0", "p.parquet:1", "p.parquet:2"]
+
+
+# --- groups --------------------------------------------------------------------------------------
+
+
+def test_group_from_record_beats_file_group(folder):
+    path = write_jsonl(folder / "g.jsonl", [llava("own") | {"group": "math"}, llava("file"), llava("img", "a.png")])
+    own, file_, img = load(path, group="chat")
+    assert (own["group"], file_["group"], img["group"]) == ("math", "chat", "chat")
+    assert [item["group"] for item in load(path)] == ["math", "text_only", "image_text"]
+
+
+# --- invalid records -----------------------------------------------------------------------------
+
+
+def test_jsonl_broken_line_keeps_index_and_line(folder):
+    path = write_jsonl(folder / "b.jsonl", [llava("0"), "", llava("1"), '{"id": "2", "conv', llava("3")])
+    entries = list(iter_records(path))
+    assert [(index, line) for index, line, _ in entries] == [(0, 1), (1, 3), (2, 4), (3, 5)]
+    index, line, err = entries[2]
+    assert isinstance(err, InvalidRecordError) and err.reason.startswith("invalid JSON")
+    assert entries[3][2]["id"] == "3"
+
+
+def test_json_array_syntax_error_is_one_entry_with_line(folder):
+    path = folder / "bad.json"
+    path.write_text('[\n{"id": "a"},\n{"id": }\n]', encoding="utf-8")
+    ((index, line, err),) = list(iter_records(str(path)))
+    assert (index, line) == (0, 3)
+    assert "invalid JSON at line 3" in err.reason
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ([1, 2], "not a JSON object"),
+        ({"id": "e", "conversations": []}, "empty or missing conversation"),
+        ({"id": "r", "conversations": [{"from": "robot", "value": "x"}]}, "unknown role 'robot'"),
+        ({"id": "a", "conversations": [{"from": "human", "value": "Hi"}]}, "no assistant turn"),
+        (
+            {"id": "c", "conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]},
+            "non-string content",
+        ),
+        (llava("p", ["a.png", "b.png"], question="<image> one"), "1 <image> placeholder(s) in the text but 2 image(s)"),
+        (llava("t", question="<image> what?"), "1 <image> placeholder(s) in the text but 0 image(s)"),
+        ({"id": "m", "messages": [chat("user", "x"), chat("assistant", "y")], "images": ["a.png"]}, "0 <image>"),
+        ({"id": "m2", "messages": [chat("user", "x"), chat("tool", "y")]}, "unknown role 'tool'"),
+        ({"id": "m3", "messages": []}, "empty or missing conversation"),
+        ({"id": "q", "text": "hello"}, "unrecognised record"),
+    ],
+)
+def test_invalid_reasons(folder, record, expected):
+    path = write_jsonl(folder / "x.jsonl", [record])
+    ((index, line, err),) = list(iter_records(path))
+    assert isinstance(err, InvalidRecordError)
+    assert expected in err.reason
+    assert (index, line) == (0, 1)
+    assert err.record_id == (record.get("id") if isinstance(record, dict) else None)
+
+
+def test_missing_image_names_resolved_path(folder):
+    path = write_json(folder / "d.json", [llava("1", "nope.png", question="<image>")])
+    assert reasons(load(path)) == [f"image file not found: {folder / 'nope.png'}"]
+
+
+def test_record_in_other_format_than_first_is_invalid(folder):
+    other = {"messages": [chat("user", "x"), chat("assistant", "y")]}
+    path = write_jsonl(folder / "mix.jsonl", ["[1]", llava("0"), other, llava("2")])
+    items = load(path)
+    assert reasons(items) == [
+        "record is not a JSON object (got list)",
+        "record is in messages format but this file is llava (from its first record)",
+    ]
+    assert [item["id"] for item in valid(items)] == ["0", "2"]
+
+
+# --- direct API ----------------------------------------------------------------------------------
+
+
+def test_detect_format():
+    assert detect_format(llava("1")) == "llava"
+    assert detect_format(minicpm("1")) == "minicpm"
+    assert detect_format(minicpm("1", {"<image_00>": "a.png"})) == "minicpm"
+    assert detect_format({"messages": []}) == "messages"
+    with pytest.raises(InvalidRecordError, match="not a JSON object"):
+        detect_format("text")
+
+
+def test_normalise_does_not_open_images(folder):
+    (folder / "broken.png").write_bytes(b"not a png")
+    record = normalise(
+        llava("1", "broken.png"), "llava", index=0, source=str(folder / "d.json"), image_root=None, group=None
+    )
+    assert record["images"] == [str(folder / "broken.png")]
+
+
+def test_iter_file_rejects_unknown_extension_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"unsupported data file extension '\.csv'.*\.jsonl"):
+        iter_file(str(tmp_path / "d.csv"))
+    with pytest.raises(FileNotFoundError, match="nothere.jsonl"):
+        iter_file(str(tmp_path / "nothere.jsonl"))
+
+
+def test_relative_source_resolves_to_absolute_images(folder, monkeypatch):
+    monkeypatch.chdir(folder)
+    write_json(folder / "d.json", [llava("1", "a.png")])
+    (item,) = load("d.json")
+    assert item["images"] == [os.path.join(str(folder), "a.png")] and item["source"] == "d.json"
