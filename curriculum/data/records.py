@@ -91,7 +91,7 @@ class LoadReport:
 
 
 def _describe(entry: dict) -> str:
-    where = f"line {entry['line']}" if entry["line"] is not None else f"record {entry['index']}"
+    where = f"record {entry['index']}" + (f" (line {entry['line']})" if entry["line"] is not None else "")
     record = f" (id {entry['id']})" if entry["id"] is not None else ""
     return f"{entry['source']} {where}{record}: {entry['reason']}"
 

@@ -65,21 +65,14 @@ def load_data(cfg: RunConfig, *, on_invalid: str | None = None) -> DataBundle:
     policy = on_invalid or cfg.data.on_invalid.value
     common = dict(cache_dir=cache_dir(cfg), image_root=cfg.data.image_root, file_groups=dict(cfg.data.file_groups), on_invalid=policy)
     train, train_report = load_or_build(train_files, **common)
-    val, val_report = load_or_build(val_files, **common) if val_files else (None, LoadReport({}, {}, []))
+    val, val_report = load_or_build(val_files, **common) if val_files else (None, LoadReport())
     groups = order_groups(list(train_report.groups) + list(val_report.groups))
     return DataBundle(train, val, train_report, val_report, groups)
 
 
 def describe_invalid(invalid: list[dict], limit: int = 10) -> str:
     """Lines naming file, record index (and line) and reason of the first invalid records."""
-    lines = []
-    for e in invalid[:limit]:
-        where = f"record {e['index']}" + (f" (line {e['line']})" if e.get("line") else "")
-        ident = f" id={e['id']}" if e.get("id") else ""
-        lines.append(f"  {e['source']}: {where}{ident}: {e['reason']}")
-    if len(invalid) > limit:
-        lines.append(f"  ... and {len(invalid) - limit} more")
-    return "\n".join(lines)
+    return LoadReport(invalid=invalid).describe_invalid(limit)
 
 
 def require_valid(bundle: DataBundle) -> None:

@@ -1,0 +1,86 @@
+"""Shared fixtures: one cache folder per test session holding small built-in data and tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from curriculum.data.builtin import ensure_shapes
+from curriculum.model.load import load_processor, resolve_model_path
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    """Session cache for built-in data, models and record tables (also used by CLI subprocesses)."""
+    path = str(tmp_path_factory.mktemp("cache"))
+    os.environ["CURRICULUM_CACHE"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def shapes(cache_dir):
+    """The default built-in data (the tokenizer of the built-in models is trained on it)."""
+    return ensure_shapes(cache_dir)
+
+
+@pytest.fixture(scope="session", params=["tiny-llava", "tiny-idefics3"])
+def arch(request, cache_dir, shapes) -> str:
+    """Folder of a built-in model; tests using it run on both architectures."""
+    return resolve_model_path(f"builtin:{request.param}", cache_dir)
+
+
+@pytest.fixture(scope="session")
+def llava_path(cache_dir, shapes) -> str:
+    """Folder of the built-in tiny LLaVA."""
+    return resolve_model_path("builtin:tiny-llava", cache_dir)
+
+
+@pytest.fixture
+def processor(llava_path):
+    """A fresh processor of the built-in tiny LLaVA."""
+    return load_processor(llava_path)
+
+
+def record(id_, user, answer, images=(), group=None, source="test.jsonl"):
+    """A canonical record."""
+    return {
+        "id": id_,
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        "images": list(images),
+        "group": group or ("image_text" if images else "text_only"),
+        "source": source,
+    }
+
+
+def png(path, color=(255, 0, 0), size=(32, 32)) -> str:
+    """Write a small PNG and return its path."""
+    Image.new("RGB", size, color).save(path)
+    return str(path)
+
+
+def run_cli(name: str, *overrides: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a console script (`python -m curriculum.cli.<name>`) with overrides; capture its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"curriculum.cli.{name}", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_json(path: str):
+    """Load a JSON file."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

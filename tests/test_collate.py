@@ -1,0 +1,113 @@
+"""Batches built by the processor: assistant-only labels, no zero images, invalid-sample policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import png, record
+from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, align, assistant_spans, to_hf_messages
+from curriculum.model.load import load_processor
+
+GROUPS = ["image_text", "text_only"]
+
+
+def supervised_text(processor, batch, row) -> str:
+    labels = batch["labels"][row]
+    return processor.tokenizer.decode(labels[labels != IGNORE_INDEX].tolist())
+
+
+def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
+    processor = load_processor(arch)
+    img = png(tmp_path / "a.png")
+    multi = record("m", "How many sides has a square?", "Four.", source="x")
+    multi["messages"] += [{"role": "user", "content": "And a triangle?"}, {"role": "assistant", "content": "Three."}]
+    batch = Collator(processor, GROUPS, 512, "error")([record("i", "<image>\nWhat colour?", "Red.", [img]), multi])
+    assert supervised_text(processor, batch, 0) == "Red.<|im_end|>\n"
+    assert supervised_text(processor, batch, 1) == "Four.<|im_end|>\nThree.<|im_end|>\n"
+    assert batch["group_ids"].tolist() == [0, 1]
+    assert batch["sample_ids"] == ["i", "m"]
+    # The image-text row carries the model's expanded image tokens; nothing of the prompt is supervised.
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert (batch["input_ids"][0] == image_id).sum() > 1
+    assert (batch["labels"][0][batch["input_ids"][0] == image_id] == IGNORE_INDEX).all()
+
+
+def test_text_only_batch_carries_no_pixels(processor):
+    batch = Collator(processor, GROUPS, 512, "error")([record("t1", "2+2?", "4."), record("t2", "Hi", "Hello.")])
+    assert "pixel_values" not in batch
+    assert batch["input_ids"].shape[0] == 2 and batch["skipped"] == []
+
+
+def test_mixed_batch_has_one_image_per_image_record(processor, tmp_path):
+    img = png(tmp_path / "a.png")
+    batch = Collator(processor, GROUPS, 512, "error")([record("i", "<image>\nQ?", "A.", [img]), record("t", "Q?", "A.")])
+    assert batch["pixel_values"].shape[0] == 1
+
+
+def test_truncation_that_cuts_image_tokens_is_invalid(processor, tmp_path):
+    img = png(tmp_path / "a.png")
+    long_prompt = "word " * 40 + "<image>\nWhat colour?"
+    rec = record("late-image", long_prompt, "Red.", [img])
+    ok = record("ok", "Q?", "A.")
+    batch = Collator(processor, GROUPS, 24, "skip")([rec, ok])
+    assert batch["sample_ids"] == ["ok"]
+    assert batch["skipped"][0]["id"] == "late-image"
+    assert "would cut image tokens" in batch["skipped"][0]["reason"]
+    with pytest.raises(SampleError, match=r"record late-image \(test.jsonl\): truncation to data.max_length=24"):
+        Collator(processor, GROUPS, 24, "error")([rec])
+
+
+def test_truncation_keeps_short_answers_and_rejects_lost_ones(processor):
+    kept = Collator(processor, GROUPS, 24, "skip")([record("short", "Q?", "A long answer " * 10)])
+    assert kept["input_ids"].shape[1] == 24 and kept["sample_ids"] == ["short"]
+    lost = Collator(processor, GROUPS, 12, "skip")([record("lost", "A long question " * 10, "A.")])
+    assert lost["sample_ids"] == [] and "no supervised (assistant) token" in lost["skipped"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda p: p.write_bytes(b"not a png at all"), "not a readable image file"),
+        (lambda p: p.write_bytes(open(png(p), "rb").read()[:60]), "corrupt or unreadable"),
+    ],
+)
+def test_unreadable_images_follow_the_policy(processor, tmp_path, make, reason):
+    path = tmp_path / "bad.png"
+    make(path)
+    rec = record("bad", "<image>\nQ?", "A.", [str(path)])
+    batch = Collator(processor, GROUPS, 512, "skip")([rec, record("t", "Q?", "A.")])
+    assert batch["sample_ids"] == ["t"]
+    assert batch["skipped"] == [{"id": "bad", "source": "test.jsonl", "reason": batch["skipped"][0]["reason"]}]
+    assert reason in batch["skipped"][0]["reason"] and str(path) in batch["skipped"][0]["reason"]
+    with pytest.raises(SampleError, match=rf"record bad \(test.jsonl\): image {path}"):
+        Collator(processor, GROUPS, 512, "error")([rec])
+
+
+def test_decompression_bomb_respects_pillows_limit(processor, tmp_path, monkeypatch):
+    img = png(tmp_path / "big.png", size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    batch = Collator(processor, GROUPS, 512, "skip")([record("bomb", "<image>\nQ?", "A.", [img])])
+    assert batch["sample_ids"] == [] and "decompression bomb" in batch["skipped"][0]["reason"]
+
+
+def test_all_skipped_batch_is_empty_not_an_error(processor, tmp_path):
+    batch = Collator(processor, GROUPS, 512, "skip")([record("x", "<image>\nQ?", "A.", [str(tmp_path / "missing.png")])])
+    assert batch["input_ids"].numel() == 0 and len(batch["skipped"]) == 1
+
+
+def test_placeholders_become_image_parts():
+    msgs = to_hf_messages([{"role": "user", "content": "<image>\nA<image>B"}])
+    assert msgs[0]["content"] == [{"type": "image"}, {"type": "text", "text": "\nA"}, {"type": "image"}, {"type": "text", "text": "B"}]
+
+
+def test_assistant_spans_are_exact(processor):
+    text, spans = assistant_spans(processor, to_hf_messages(record("r", "Q?", "Yes.")["messages"]))
+    assert [text[a:b] for a, b in spans] == ["Yes.<|im_end|>\n"]
+
+
+def test_align_marks_inserted_tokens():
+    assert align([1, 9, 9, 9, 2, 3], [1, 9, 2, 3]) == [0, 1, -1, -1, 2, 3]
+    with pytest.raises(ValueError):
+        align([1, 2], [1, 3])

@@ -1,0 +1,87 @@
+"""Per-group losses, the zero-weight vision path for text-only micro-batches, trainability, LR schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import png, record
+from curriculum.config import LoraConfig, Mode, ModelConfig, OptimConfig, TrainableConfig
+from curriculum.data.collate import Collator
+from curriculum.model.components import component_of
+from curriculum.model.load import load_model, load_processor
+from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
+
+GROUPS = ["image_text", "text_only"]
+
+
+def module_for(path, trainable=None, peft=None, dummy=True):
+    processor = load_processor(path)
+    model = load_model(ModelConfig(name_or_path=path, trainable=trainable or TrainableConfig(), peft=peft), path)
+    module = VLMModule(model, GROUPS, OptimConfig(), 10, vision_dummy=vision_dummy_inputs(processor, model) if dummy else None)
+    return module, Collator(processor, GROUPS, 512, "error")
+
+
+def grads_of(module, component):
+    return [p.grad for n, p in module.model.named_parameters() if p.requires_grad and component_of(n) == component]
+
+
+def test_group_loss_sums_match_the_token_mean(llava_path, tmp_path):
+    module, collate = module_for(llava_path)
+    batch = collate([record("i", "<image>\nQ?", "Red.", [png(tmp_path / "a.png")]), record("t", "Q?", "Four sides.")])
+    loss, sums = module.group_losses(batch)
+    assert sums[:, 1].tolist() == [float((batch["labels"][r, 1:] != -100).sum()) for r in range(2)]
+    assert loss.item() == pytest.approx((sums[:, 0].sum() / sums[:, 1].sum()).item(), rel=1e-5)
+    hf = module.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")}, labels=batch["labels"])
+    assert loss.item() == pytest.approx(hf.loss.item(), rel=1e-4)
+
+
+def test_text_only_batch_runs_the_vision_path_with_zero_weight(arch, tmp_path):
+    module, collate = module_for(arch, TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full))
+    freeze_unused_parameters(module, collate([record("i", "<image>\nQ?", "A.", [png(tmp_path / "a.png")])]))
+    batch = collate([record("t", "Q?", "A.")])
+    assert "pixel_values" not in batch
+    loss, _ = module.group_losses(batch)
+    loss.backward()
+    for comp in ("vision", "projector"):
+        grads = grads_of(module, comp)
+        assert grads and all(g is not None for g in grads), comp
+        assert all(float(g.abs().sum()) == 0.0 for g in grads), comp
+    with torch.no_grad():
+        plain, _ = module_for(arch, dummy=False)[0].group_losses(batch)
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_without_dummy_text_only_batch_leaves_projector_without_grad(llava_path):
+    module, collate = module_for(llava_path, dummy=False)
+    module.group_losses(collate([record("t", "Q?", "A.")]))[0].backward()
+    assert all(g is None for g in grads_of(module, "projector"))
+
+
+def test_freeze_unused_parameters_keeps_only_reachable_ones(llava_path, tmp_path):
+    module, collate = module_for(llava_path, TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full))
+    unused = freeze_unused_parameters(module, collate([record("i", "<image>\nQ?", "A.", [png(tmp_path / "a.png")])]))
+    # LLaVA reads the vision tower's last hidden state, so CLIP's final layer norm never gets a gradient.
+    assert unused and all("post_layernorm" in n for n in unused)
+    assert all(p.grad is None for p in module.model.parameters())
+
+
+def test_lora_trains_only_adapters_in_lora_components(llava_path):
+    module, _ = module_for(
+        llava_path, TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.lora), LoraConfig(r=4, alpha=8)
+    )
+    trained = [n for n, p in module.model.named_parameters() if p.requires_grad]
+    assert any("lora_" in n and component_of(n) == "language" for n in trained)
+    assert not any(component_of(n) == "vision" for n in trained)
+    assert all("lora_" in n for n in trained if component_of(n) == "language")
+    assert any(component_of(n) == "projector" for n in trained)
+
+
+def test_lr_factor_warms_up_then_decays_to_the_floor():
+    module = VLMModule(torch.nn.Linear(2, 2), GROUPS, OptimConfig(warmup_steps=4, min_lr_ratio=0.1), 20)
+    assert [module.lr_factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert module.lr_factor(4) == pytest.approx(1.0)
+    assert module.lr_factor(20) == pytest.approx(0.1)
+    assert 0.1 < module.lr_factor(12) < 1.0 and not math.isnan(module.lr_factor(100))
