@@ -1,0 +1,51 @@
+"""2-process CPU DDP run where rank 0's micro-batches have images and rank 1's are text-only.
+
+Run as `python tests/ddp_worker.py OUT_DIR DATA_FILE`; Lightning relaunches it for rank 1.
+Each rank saves its trained parameters and the sample ids it consumed into OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from curriculum.config import DataConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
+from curriculum.recipe import build_parts, build_trainer
+
+
+def main(out_dir: str, data_file: str) -> None:
+    cfg = RunConfig(
+        data=DataConfig(train_files=[data_file], micro_batch_size=2, num_workers=0),
+        model=ModelConfig(trainable=TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full)),
+        trainer=TrainerConfig(max_steps=3, accelerator="cpu", devices=2, strategy="ddp", val_every_n_steps=0, enable_progress_bar=False),
+        paths=PathsConfig(output_root=out_dir, cache_dir=os.environ["CURRICULUM_CACHE"]),
+    )
+    cfg.check()
+    parts = build_parts(cfg, out_dir)
+    groups = parts.bundle.train.group_indices()
+    image_rows, text_rows = groups["image_text"], groups["text_only"]
+
+    # Positions 4k, 4k+1 go to rank 0 (images), 4k+2, 4k+3 to rank 1 (text only).
+    def stream(positions: np.ndarray) -> np.ndarray:
+        slot = positions % 4
+        return np.where(slot < 2, image_rows[(positions // 4 * 2 + slot) % len(image_rows)], text_rows[(positions // 4 * 2 + slot - 2) % len(text_rows)])
+
+    parts.datamodule.stream = stream
+    seen: list[str] = []
+    parts.module.on_train_batch_start = lambda batch, idx: seen.extend(batch["sample_ids"])
+    initial = {n: p.detach().clone() for n, p in parts.module.model.named_parameters() if p.requires_grad}
+    trainer = build_trainer(cfg, out_dir)
+    trainer.fit(parts.module, datamodule=parts.datamodule)
+    rank = trainer.global_rank
+    trained = {n: p.detach().clone() for n, p in parts.module.model.named_parameters() if n in initial}
+    torch.save({"initial": initial, "trained": trained}, os.path.join(out_dir, f"rank{rank}.pt"))
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(seen, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
