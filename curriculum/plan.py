@@ -67,7 +67,7 @@ def print_plan(plan: dict, console: Console | None = None) -> None:
     console = console or Console()
     groups = sorted({g for per in plan["sources"].values() for g in per} | set(plan["groups"]))
     t = Table(title="Records")
-    t.add_column("source")
+    t.add_column("source", overflow="fold")
     for g in groups:
         t.add_column(g, justify="right")
     t.add_column("invalid", justify="right")

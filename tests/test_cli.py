@@ -1,0 +1,121 @@
+"""The console scripts end to end: plan over three formats with broken records, train, export, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import png, read_json, run_cli
+
+
+@pytest.fixture(scope="module")
+def mixed_files(tmp_path_factory):
+    """LLaVA JSON, MiniCPM-V JSONL and messages Parquet files with image-text, text-only and broken records."""
+    d = tmp_path_factory.mktemp("data")
+    for name in ("a.png", "b.png", "c.png"):
+        png(d / name)
+    llava = [
+        {"id": "l-img", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]},
+        {"id": "l-txt", "conversations": [{"from": "human", "value": "Sides of a square?"}, {"from": "gpt", "value": "Four."}]},
+        {"id": "l-noanswer", "conversations": [{"from": "human", "value": "Hello?"}]},
+        {"id": "l-img2", "image": "b.png", "conversations": [{"from": "human", "value": "What is shown?"}, {"from": "gpt", "value": "A square."}]},
+    ]
+    (d / "llava.json").write_text(json.dumps(llava))
+    minicpm = [
+        json.dumps({"id": "m-multi", "image": {"<image_00>": "a.png", "<image_01>": "c.png"}, "conversations": [{"role": "user", "content": "<image_01> vs <image_00>?"}, {"role": "assistant", "content": "Same."}]}),
+        json.dumps({"id": "m-txt", "conversations": [{"role": "user", "content": "Red plus blue?"}, {"role": "assistant", "content": "Purple."}]}),
+        '{"id": "m-broken", "conversations": [',
+        json.dumps({"id": "m-missing", "image": "nope.png", "conversations": [{"role": "user", "content": "<image>\nQ?"}, {"role": "assistant", "content": "A."}]}),
+        json.dumps({"id": "m-role", "conversations": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "A."}]}),
+    ]
+    (d / "minicpm.jsonl").write_text("\n".join(minicpm) + "\n")
+    rows = [
+        {"id": "s-img", "messages": [{"role": "user", "content": "<image>How many?"}, {"role": "assistant", "content": "One."}], "images": [str(d / "b.png")]},
+        {"id": "s-txt", "messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4."}], "images": []},
+        {"id": "s-count", "messages": [{"role": "user", "content": "<image><image>Q?"}, {"role": "assistant", "content": "A."}], "images": [str(d / "a.png")]},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), d / "swift.parquet")
+    val = [{"id": "v-img", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]},
+           {"id": "v-txt", "conversations": [{"from": "human", "value": "1+1?"}, {"from": "gpt", "value": "2."}]}]
+    (d / "val.json").write_text(json.dumps(val))
+    files = [str(d / "llava.json"), str(d / "minicpm.jsonl"), str(d / "swift.parquet")]
+    return d, files, str(d / "val.json")
+
+
+def data_overrides(files, val):
+    return [f"data.train_files=[{','.join(files)}]", f"data.val_files=[{val}]"]
+
+
+def test_plan_counts_every_group_and_names_every_broken_record(mixed_files, cache_dir, tmp_path):
+    d, files, val = mixed_files
+    proc = run_cli("plan", *data_overrides(files, val), f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert "5 invalid record(s)" in err
+    assert "llava.json record 2 (id l-noanswer): no assistant turn" in err
+    assert "minicpm.jsonl record 2 (line 3)" in err and "invalid JSON" in err
+    assert f"image file not found: {d / 'nope.png'}" in err
+    assert "unknown role 'robot'" in err
+    assert "swift.parquet record 2 (id s-count): 2 <image> placeholder(s) in the text but 1 image(s)" in err
+    plan = read_json(tmp_path / "plan.json")
+    assert plan["groups"] == {"image_text": 4, "text_only": 3}
+    assert plan["sources"][files[0]] == {"image_text": 2, "text_only": 1}
+    assert plan["sources"][files[1]] == {"image_text": 1, "text_only": 1}
+    assert plan["sources"][files[2]] == {"image_text": 1, "text_only": 1}
+    assert sorted((e["source"], e["index"], e["line"]) for e in plan["invalid"]) == sorted(
+        [(files[0], 2, None), (files[1], 2, 3), (files[1], 3, 4), (files[1], 4, 5), (files[2], 2, None)]
+    )
+    assert all(e["reason"] for e in plan["invalid"])
+
+
+def test_plan_with_skip_exits_zero_and_lists_them_all(mixed_files, tmp_path):
+    _, files, val = mixed_files
+    proc = run_cli("plan", *data_overrides(files, val), "data.on_invalid=skip", f"hydra.run.dir={tmp_path}")
+    assert "Invalid records (5)" in proc.stdout
+    for ident in ("l-noanswer", "m-missing", "m-role", "s-count"):
+        assert ident in proc.stdout
+    assert len(read_json(tmp_path / "plan.json")["invalid"]) == 5
+
+
+def test_wrong_config_value_is_one_sentence_naming_the_key(tmp_path):
+    proc = run_cli("plan", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: Config key `trainer.max_steps` has a wrong value")
+    proc = run_cli("plan", "+data.max_lenght=5", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1 and "`data.max_lenght` is not allowed" in proc.stderr
+    proc = run_cli("plan", "data.on_invalid=ignore", f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1 and "data.on_invalid" in proc.stderr and "error" in proc.stderr and "skip" in proc.stderr
+
+
+@pytest.mark.slow
+def test_train_on_mixed_files_logs_group_losses_and_exports(mixed_files, tmp_path):
+    _, files, val = mixed_files
+    run = tmp_path / "run"
+    proc = run_cli(
+        "train", *data_overrides(files, val), "data.on_invalid=skip", "trainer.max_steps=6", "trainer.val_every_n_steps=3",
+        "data.micro_batch_size=2", "data.num_workers=0", f"hydra.run.dir={run}",
+    )
+    assert f"run folder: {run}" in proc.stdout
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    train = [r for r in rows if r["train/loss"]]
+    assert [int(r["step"]) for r in train] == list(range(6))
+    assert all(r["train/tokens_image_text"] and r["train/tokens_text_only"] for r in train)
+    assert any(r["train/loss_image_text"] for r in train) and any(r["train/loss_text_only"] for r in train)
+    vals = [r for r in rows if r["val/loss_image_text"]]
+    assert len(vals) == 2 and all(not math.isnan(float(r["val/loss_text_only"])) for r in vals)
+    assert len(read_json(run / "plan.json")["invalid"]) == 5
+    assert os.path.isfile(run / "export" / "model.safetensors")
+    assert os.path.isfile(run / "checkpoints" / "last.ckpt")
+
+
+def test_train_with_error_policy_stops_before_loading_the_model(mixed_files, tmp_path):
+    _, files, val = mixed_files
+    proc = run_cli("train", *data_overrides(files, val), f"hydra.run.dir={tmp_path}", check=False)
+    assert proc.returncode == 1
+    assert "error: 5 invalid record(s)" in proc.stderr and "Traceback" not in proc.stderr
