@@ -1,0 +1,67 @@
+"""The whole recipe on two architectures, and exports that load with from_pretrained and generate."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from curriculum.config import DataConfig, LoraConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
+from curriculum.model.load import resolve_model_path
+from curriculum.recipe import train
+
+
+def quick_config(cache_dir, model: ModelConfig) -> RunConfig:
+    cfg = RunConfig(
+        data=DataConfig(micro_batch_size=4, val_micro_batch_size=32, num_workers=0),
+        model=model,
+        trainer=TrainerConfig(max_steps=4, val_every_n_steps=2, enable_progress_bar=False),
+        paths=PathsConfig(cache_dir=cache_dir),
+    )
+    cfg.check()
+    return cfg
+
+
+def generate(model, processor, with_image: bool) -> tuple[int, int]:
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": "What colour is the circle?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+    images = [[Image.new("RGB", (32, 32), (255, 0, 0))]] if with_image else None
+    inputs = processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    return inputs["input_ids"].shape[1], out.shape[1]
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3"])
+def test_train_and_export_full_model(name, cache_dir, shapes, tmp_path):
+    cfg = quick_config(cache_dir, ModelConfig(name_or_path=f"builtin:{name}"))
+    train(cfg, str(tmp_path))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert len([r for r in rows if r["train/loss"]]) == 4
+    assert {"val/loss_image_text", "val/loss_text_only"} <= set(rows[0])
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "export")
+    processor = AutoProcessor.from_pretrained(tmp_path / "export")
+    for with_image in (True, False):
+        n_in, n_out = generate(model, processor, with_image)
+        assert n_out > n_in
+    # The export holds the trained weights, not the initial ones.
+    base = AutoModelForImageTextToText.from_pretrained(resolve_model_path(f"builtin:{name}", cache_dir))
+    assert not torch.equal(model.lm_head.weight, base.lm_head.weight)
+
+
+def test_lora_exports_an_adapter_that_loads_on_the_base(cache_dir, shapes, tmp_path):
+    from peft import PeftModel
+
+    trainable = TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.lora)
+    cfg = quick_config(cache_dir, ModelConfig(trainable=trainable, peft=LoraConfig(r=4, alpha=8)))
+    train(cfg, str(tmp_path))
+    assert os.path.isfile(tmp_path / "export" / "adapter_model.safetensors")
+    base = AutoModelForImageTextToText.from_pretrained(resolve_model_path("builtin:tiny-llava", cache_dir))
+    model = PeftModel.from_pretrained(base, tmp_path / "export")
+    processor = AutoProcessor.from_pretrained(tmp_path / "export")
+    for with_image in (True, False):
+        n_in, n_out = generate(model, processor, with_image)
+        assert n_out > n_in
