@@ -1,0 +1,218 @@
+"""Benchmark: memory of DataLoader workers reading every record, our record table vs a Python list of dicts.
+
+LLaVA-style scripts load the whole data file into a list of dicts in the parent process and let
+forked DataLoader workers index it. Every read (and every garbage-collector pass) writes to the
+objects' headers, so each worker gradually copies the pages holding the list (copy-on-write) and
+ends up with a private copy of the dataset. Our RecordTable keeps the records in a memory-mapped
+Arrow file and builds one dict per read, so the workers share the file's pages and stay flat.
+
+Each variant runs in a fresh spawned process that opens the data and reads every record once
+through DataLoader(num_workers=2, batch_size=64, collate_fn=len), so only record reading is
+measured, while a thread samples each worker's USS / PSS and the parent's RSS.
+
+    python experiments/benchmarks/records.py [--records 1000000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing as mp
+import os
+import random
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import psutil
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from benchlib import machine_line, markdown_table
+from curriculum.data.records import load_or_build
+from curriculum.datamodule import RecordDataset
+
+MB = 2**20
+WORKERS = 2
+BATCH = 64
+SAMPLE_EVERY_S = 0.1
+TEXT_ONLY_EVERY = 4  # one record in four is text-only, the rest share one tiny image
+IMAGE = "tiny.png"
+WORDS = (
+    "the a an of in on to and is are there what which how many where colour shape circle square triangle "
+    "red green blue yellow left right top bottom picture image object person table window describe detail "
+    "answer question because small large near far behind front"
+).split()
+OURS = "curriculum RecordTable (Arrow, mmap)"
+LLAVA = "list of dicts (LLaVA json.load)"
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=1_000_000, help="number of generated records")
+    p.add_argument("--workdir", help="folder for the generated data and table, reused across runs (default: a temp dir)")
+    return p.parse_args()
+
+
+def write_data(workdir: str, n: int) -> str:
+    """Write the tiny image and an n-record LLaVA JSONL into workdir (unless there already); return its path."""
+    Image.new("RGB", (8, 8)).save(os.path.join(workdir, IMAGE))
+    path = os.path.join(workdir, f"llava_{n}.jsonl")
+    if os.path.isfile(path):
+        return path
+    rng = random.Random(0)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps(_record(i, rng)) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _record(i: int, rng: random.Random) -> dict:
+    question = " ".join(rng.choices(WORDS, k=rng.randint(5, 20))) + "?"
+    answer = " ".join(rng.choices(WORDS, k=rng.randint(10, 60))) + "."
+    if i % TEXT_ONLY_EVERY == TEXT_ONLY_EVERY - 1:
+        return {"id": f"r{i}", "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    turns = [{"from": "human", "value": "<image>\n" + question}, {"from": "gpt", "value": answer}]
+    return {"id": f"r{i}", "image": IMAGE, "conversations": turns}
+
+
+class ListDataset(Dataset):
+    """The LLaVA way: every raw record parsed into one Python list in the parent, read by index."""
+
+    def __init__(self, path: str):
+        with open(path, encoding="utf-8") as f:
+            self.records = [json.loads(line) for line in f]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.records[i]
+
+
+def open_dataset(variant: str, jsonl: str, workdir: str) -> Dataset:
+    """The dataset of one variant; ours comes from the table cache main() built beforehand."""
+    if variant == LLAVA:
+        return ListDataset(jsonl)
+    table, _ = load_or_build([jsonl], cache_dir=workdir)
+    return RecordDataset(table)
+
+
+class MemorySampler(threading.Thread):
+    """Samples USS / PSS of each worker and RSS of this process until stopped."""
+
+    def __init__(self, pids: list[int]):
+        super().__init__(daemon=True)
+        self.procs = [psutil.Process(pid) for pid in pids]
+        self.samples: list[list[tuple[int, int]]] = [[] for _ in pids]
+        self.parent_rss = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.take()
+            if self.stop.wait(SAMPLE_EVERY_S):
+                return
+
+    def take(self) -> None:
+        """One sample of every process."""
+        self.parent_rss = max(self.parent_rss, psutil.Process().memory_info().rss)
+        for samples, proc in zip(self.samples, self.procs):
+            info = proc.memory_full_info()
+            samples.append((info.uss, info.pss))
+
+
+def measure(variant: str, jsonl: str, workdir: str) -> dict:
+    """Open the data, read every record with 2 forked workers, and return memory per worker (in bytes)."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    dataset = open_dataset(variant, jsonl, workdir)
+    load_s = time.perf_counter() - start
+    # Shuffled like training; fork (Linux's default before Python 3.14) is what LLaVA's workers rely on.
+    loader = DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        num_workers=WORKERS,
+        collate_fn=len,
+        multiprocessing_context="fork",
+    )
+    batches = iter(loader)
+    seen = next(batches)
+    # torch offers no public handle on its worker processes; the iterator's list is the reliable one.
+    sampler = MemorySampler([w.pid for w in batches._workers])
+    sampler.start()  # after the fork, so no worker inherits a running sampler thread
+    start = time.perf_counter()
+    # Stop one short of StopIteration, which shuts the workers down before the last sample.
+    seen += sum(itertools.islice(batches, len(loader) - 1))
+    read_s = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    sampler.take()
+    return {
+        "variant": variant,
+        "records": seen,
+        "load_s": load_s,
+        "read_s": read_s,
+        "parent_rss": sampler.parent_rss,
+        "workers": [(s[0][0], max(u for u, _ in s), max(p for _, p in s)) for s in sampler.samples],
+    }
+
+
+def run_isolated(variant: str, jsonl: str, workdir: str) -> dict:
+    """measure() in a fresh interpreter, so one variant's heap never inflates the other's numbers."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(measure, variant, jsonl, workdir).result()
+
+
+def report(results: list[dict]) -> str:
+    """The per-worker table and the growth ratio of the list of dicts against ours."""
+    rows = []
+    for r in results:
+        for k, (uss0, uss_peak, pss_peak) in enumerate(r["workers"]):
+            rows.append([
+                r["variant"], k, f"{r['records']:,}", f"{r['parent_rss'] / MB:,.0f}", f"{uss0 / MB:,.1f}",
+                f"{uss_peak / MB:,.1f}", f"{(uss_peak - uss0) / MB:,.1f}", f"{pss_peak / MB:,.1f}",
+                f"{r['load_s']:.1f}", f"{r['read_s']:.1f}",
+            ])
+    headers = [
+        "variant", "worker", "records read", "parent RSS peak MB", "worker USS start MB", "worker USS peak MB",
+        "worker USS growth MB", "worker PSS peak MB", "open s", "read s",
+    ]
+    growth = {r["variant"]: max(peak - start for start, peak, _ in r["workers"]) for r in results}
+    ratio = growth[LLAVA] / max(growth[OURS], 1)
+    return markdown_table(headers, rows) + (
+        f"\n\nlargest worker USS growth: list of dicts {growth[LLAVA] / MB:,.1f} MB, ours {growth[OURS] / MB:,.1f} MB "
+        f"-> list of dicts grows {ratio:,.1f}x as much"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="records-bench-") as tmp:
+        workdir = os.path.abspath(args.workdir or tmp)
+        os.makedirs(workdir, exist_ok=True)
+        start = time.perf_counter()
+        jsonl = write_data(workdir, args.records)
+        data_s = time.perf_counter() - start
+        start = time.perf_counter()
+        table, report_ = load_or_build([jsonl], cache_dir=workdir)
+        build_s = time.perf_counter() - start
+        print(f"{args.records:,} records {report_.groups}, JSONL {os.path.getsize(jsonl) / MB:,.0f} MB (written in {data_s:.0f} s), "
+              f"Arrow table {os.path.getsize(table.path) / MB:,.0f} MB (built or reused in {build_s:.0f} s)")
+        del table
+        results = [run_isolated(variant, jsonl, workdir) for variant in (OURS, LLAVA)]
+    print(machine_line() + f"; DataLoader(num_workers={WORKERS}, batch_size={BATCH}, shuffle=True, collate_fn=len), fork")
+    print("USS start = after the first batch; growth = peak - start; PSS counts shared pages split between sharers.\n")
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()

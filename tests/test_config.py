@@ -1,0 +1,40 @@
+"""Config validation: a wrong value is one sentence naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from curriculum.config import ConfigError, Mode, validate
+
+
+def check(**overrides):
+    return validate(OmegaConf.create(overrides))
+
+
+def test_defaults_are_valid():
+    cfg = check()
+    assert cfg.model.trainable.vision is Mode.frozen and cfg.data.on_invalid.value == "error"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"data": {"max_lenght": 5}}, "`data.max_lenght` is not allowed"),
+        ({"trainer": {"max_steps": "abc"}}, "`trainer.max_steps` has a wrong value"),
+        ({"data": {"on_invalid": "ignore"}}, "expected one of [error, skip]"),
+        ({"trainer": {"max_steps": 0}}, "trainer.max_steps=0 is not allowed: use a positive value."),
+        ({"model": {"trainable": {"language": "lora"}}}, "model.trainable.language=lora needs a LoRA config: add model/peft=lora."),
+        ({"model": {"peft": {"r": 4}, "trainable": {"language": "full"}}}, "no component of model.trainable is `lora`"),
+        ({"model": {"trainable": {"vision": "frozen", "projector": "frozen", "language": "frozen"}}}, "at least one must be lora or full"),
+        ({"model": {"dtype": "int8"}}, "model.dtype=int8 is not allowed"),
+        ({"optim": {"scheduler": "linear"}}, "optim.scheduler=linear is not allowed: use cosine or constant."),
+        ({"export": {"mode": "merged"}}, "export.mode=merged needs model/peft=lora"),
+        ({"data": {"val_files": ["v.json"]}}, "data.val_files is set but data.train_files is empty"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        check(**overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
