@@ -153,7 +153,7 @@ def test_error_mode_reports_all_invalid_and_writes_nothing(broken):
     assert report.invalid[1]["reason"].startswith("invalid JSON")
     assert report.groups == {"image_text": 2, "text_only": 3}
     assert sorted(os.listdir(tmp_path)) == ["a.png", "broken.jsonl", "chat.jsonl", "mixed.jsonl"]
-    assert f"{path} line 2 (id gone): image file not found" in report.describe_invalid()
+    assert f"{path} record 1 (line 2) (id gone): image file not found" in report.describe_invalid()
 
 
 def test_skip_mode_writes_valid_records(broken):
