@@ -26,6 +26,9 @@ class Mode(str, Enum):
     full = "full"
 
 
+COMPONENTS = ("vision", "projector", "language")
+
+
 @dataclass
 class ShapesConfig:
     train_image_text: int = 1200
@@ -90,14 +93,6 @@ class ModelConfig:
     def check(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype={self.dtype} is not allowed: use float32, bfloat16 or float16.")
-        modes = {k: getattr(self.trainable, k) for k in ("vision", "projector", "language")}
-        lora = [k for k, m in modes.items() if m is Mode.lora]
-        if lora and self.peft is None:
-            raise ConfigError(f"model.trainable.{lora[0]}=lora needs a LoRA config: add model/peft=lora.")
-        if self.peft is not None and not lora:
-            raise ConfigError("model.peft is set but no component of model.trainable is `lora`: set one, e.g. model.trainable.language=lora.")
-        if all(m is Mode.frozen for m in modes.values()):
-            raise ConfigError("model.trainable freezes vision, projector and language: at least one must be lora or full.")
         if self.peft is not None:
             _positive("model.peft.r", self.peft.r)
             if not 0.0 <= self.peft.dropout < 1.0:
@@ -128,8 +123,72 @@ class OptimConfig:
 
 
 @dataclass
+class RampConfig:
+    # Ramp length: `steps` (clipped to the stage) or `fraction` of the stage's steps (scales with it).
+    steps: Optional[int] = None
+    fraction: Optional[float] = None
+    shape: str = "linear"
+
+
+@dataclass
+class StageTrainable:
+    # null = the component keeps model.trainable's mode in this stage.
+    vision: Optional[Mode] = None
+    projector: Optional[Mode] = None
+    language: Optional[Mode] = None
+
+
+@dataclass
+class StageConfig:
+    steps: int = 100
+    # Fraction of the stage's samples per group; one group may be `rest` (1 minus the others).
+    mix: dict[str, Any] = field(default_factory=dict)
+    ramp: Optional[RampConfig] = None
+    trainable: StageTrainable = field(default_factory=StageTrainable)
+    lr_scale: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    # mixed: groups interleave inside batches; grouped: every optimizer step is a single group.
+    batching: str = "mixed"
+    # Sort samples by length inside each group within a megabatch (samples; null = the global batch).
+    length_grouping: bool = False
+    megabatch: Optional[int] = None
+    # Empty here so a config file's stages replace, not extend, the defaults (see conf/schedule/).
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.batching not in ("mixed", "grouped"):
+            raise ConfigError(f"schedule.batching={self.batching} is not allowed: use mixed or grouped.")
+        if not self.stages:
+            raise ConfigError("schedule.stages is empty: give at least one stage.")
+        if self.megabatch is not None:
+            _positive("schedule.megabatch", self.megabatch)
+        for i, (name, st) in enumerate(self.stages.items()):
+            key = f"schedule.stages.{name}"
+            _positive(f"{key}.steps", st.steps)
+            _positive(f"{key}.lr_scale", st.lr_scale)
+            if not st.mix:
+                raise ConfigError(f"{key}.mix is empty: give the fraction of each group, e.g. {{image_text: 1.0}}.")
+            if st.ramp is not None:
+                r = st.ramp
+                if i == 0:
+                    raise ConfigError(f"{key}.ramp is not allowed: the first stage has no previous mix to ramp from.")
+                if (r.steps is None) == (r.fraction is None):
+                    raise ConfigError(f"{key}.ramp needs exactly one of steps or fraction.")
+                if r.steps is not None:
+                    _positive(f"{key}.ramp.steps", r.steps)
+                if r.fraction is not None and not 0 < r.fraction <= 1:
+                    raise ConfigError(f"{key}.ramp.fraction={r.fraction} is not allowed: use a value in (0, 1].")
+                if r.shape not in ("linear", "cosine"):
+                    raise ConfigError(f"{key}.ramp.shape={r.shape} is not allowed: use linear or cosine.")
+
+
+@dataclass
 class TrainerConfig:
-    max_steps: int = 120
+    # null = the schedule's total steps; a smaller value stops the run early at that step.
+    max_steps: Optional[int] = None
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -145,7 +204,8 @@ class TrainerConfig:
     find_unused_parameters: bool = False
 
     def check(self) -> None:
-        _positive("trainer.max_steps", self.max_steps)
+        if self.max_steps is not None:
+            _positive("trainer.max_steps", self.max_steps)
         _positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches)
         if self.val_every_n_steps < 0:
             raise ConfigError(f"trainer.val_every_n_steps={self.val_every_n_steps} is not allowed: use 0 or more.")
@@ -184,14 +244,44 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    # Free-form place for the staged schedule (typed by curriculum.schedule).
-    schedule: Optional[dict[str, Any]] = None
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def check(self) -> None:
-        for part in (self.data, self.model, self.optim, self.trainer, self.export):
+        for part in (self.data, self.model, self.optim, self.trainer, self.export, self.schedule):
             part.check()
+        trained = self.trained_modes()
+        lora = [c for c in COMPONENTS if getattr(trained, c) is Mode.lora]
+        if lora and self.model.peft is None:
+            raise ConfigError(f"model.trainable.{lora[0]}=lora needs a LoRA config: add model/peft=lora.")
+        if self.model.peft is not None and not lora:
+            raise ConfigError("model.peft is set but no component is `lora` in model.trainable or any stage: set one, e.g. model.trainable.language=lora.")
+        total = sum(st.steps for st in self.schedule.stages.values())
+        if self.trainer.max_steps is not None and self.trainer.max_steps > total:
+            raise ConfigError(
+                f"trainer.max_steps={self.trainer.max_steps} is not allowed: the schedule has {total} steps; "
+                "use at most that, or lengthen a stage."
+            )
         if self.export.mode == "merged" and self.model.peft is None:
             raise ConfigError("export.mode=merged needs model/peft=lora: there is no adapter to merge.")
+
+
+    def stage_modes(self, stage: StageConfig) -> TrainableConfig:
+        """A stage's component modes: its own where given, else model.trainable's."""
+        base = self.model.trainable
+        return TrainableConfig(**{c: getattr(stage.trainable, c) or getattr(base, c) for c in COMPONENTS})
+
+    def trained_modes(self) -> TrainableConfig:
+        """The mode each component has whenever it trains in some stage (frozen if never)."""
+        modes = {}
+        for c in COMPONENTS:
+            used = {getattr(self.stage_modes(st), c) for st in self.schedule.stages.values()} - {Mode.frozen}
+            if len(used) > 1:
+                raise ConfigError(f"schedule.stages: component {c} is lora in one stage and full in another: pick one mode for it.")
+            modes[c] = used.pop() if used else Mode.frozen
+        if all(m is Mode.frozen for m in modes.values()):
+            raise ConfigError("model.trainable and schedule.stages freeze vision, projector and language in every stage: at least one must train.")
+        return TrainableConfig(**modes)
+
 
 
 def _positive(key: str, value: float) -> None:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
-import numpy as np
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
 from curriculum.data.collate import Collator
 from curriculum.data.records import RecordTable
-from curriculum.schedule.sampler import GlobalBatchSampler, IndexStream, ShuffledStream
-
-
-def default_stream(table: RecordTable, seed: int) -> IndexStream:
-    """The stream used when no schedule is configured: every record once per pass, reshuffled per pass."""
-    return ShuffledStream(np.arange(len(table)), seed)
+from curriculum.schedule.sampler import GlobalBatchSampler, IndexStream
 
 
 class RecordDataset(Dataset):
@@ -53,14 +45,13 @@ class CurriculumDataModule(pl.LightningDataModule):
         train: RecordTable,
         val: RecordTable | None,
         collator: Collator,
+        stream: IndexStream,
         *,
         micro_batch: int,
         val_micro_batch: int,
         accumulate: int,
         total_steps: int,
         num_workers: int,
-        seed: int,
-        stream_factory: Callable[[RecordTable], IndexStream] | None = None,
     ):
         super().__init__()
         self.train = train
@@ -71,7 +62,7 @@ class CurriculumDataModule(pl.LightningDataModule):
         self.accumulate = accumulate
         self.total_steps = total_steps
         self.num_workers = num_workers
-        self.stream = stream_factory(train) if stream_factory else default_stream(train, seed)
+        self.stream = stream
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

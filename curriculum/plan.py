@@ -9,25 +9,42 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from curriculum.config import RunConfig
+from curriculum.config import COMPONENTS
 from curriculum.data.sources import DataBundle
+from curriculum.schedule.stream import CurriculumStream
 
 
-def samples_per_group(stream, table, total: int, chunk: int = 1 << 20) -> dict[str, int]:
-    """Exact number of samples of each group among the first `total` stream positions."""
-    groups = table.group_names()
-    codes = np.empty(len(table), dtype=np.int32)
-    for g, rows in table.group_indices().items():
-        codes[rows] = groups.index(g)
-    counts = np.zeros(len(groups), dtype=np.int64)
-    for start in range(0, total, chunk):
-        idx = stream(np.arange(start, min(total, start + chunk), dtype=np.int64))
-        counts += np.bincount(codes[idx], minlength=len(groups))
-    return {g: int(c) for g, c in zip(groups, counts)}
+def stage_entries(stream: CurriculumStream, run_steps: int, group_sizes: dict[str, int]) -> list[dict]:
+    """Per stage (clipped to the run's steps): exact samples per group the sampler draws, fractions, passes."""
+    G = stream.global_batch
+    out = []
+    for st in stream.schedule.stages:
+        end = min(st.end_step, run_steps)
+        if end <= st.start_step:
+            break
+        drawn = stream.draws_before(end * G) - stream.draws_before(st.start_step * G)
+        total = int(drawn.sum())
+        samples = {g: int(n) for g, n in zip(stream.schedule.groups, drawn)}
+        out.append(
+            {
+                "name": st.name,
+                "start_step": st.start_step,
+                "steps": end - st.start_step,
+                "samples": samples,
+                "fraction": {g: n / total for g, n in samples.items()},
+                # The stage's target mix once any ramp is done, and the ramp's length in steps.
+                "mix": stream.schedule.mix_at(st.end_step - 1),
+                "ramp_steps": st.ramp_steps,
+                "passes": {g: (n / group_sizes[g] if group_sizes.get(g) else 0.0) for g, n in samples.items()},
+                "trainable": {c: getattr(st.trainable, c).value for c in COMPONENTS},
+                "lr_scale": st.lr_scale,
+            }
+        )
+    return out
 
 
-def build_plan(cfg: RunConfig, bundle: DataBundle, stream=None, world_size: int = 1) -> dict:
-    """The plan.json contract: groups, sources, invalid, stages."""
+def build_plan(bundle: DataBundle, stream: CurriculumStream | None = None, run_steps: int = 0) -> dict:
+    """The plan.json contract: groups, sources, invalid, stages (plus the global batch and fingerprint)."""
     sources = {**bundle.train_report.sources, **bundle.val_report.sources}
     plan = {
         "groups": dict(bundle.train_report.groups),
@@ -36,21 +53,40 @@ def build_plan(cfg: RunConfig, bundle: DataBundle, stream=None, world_size: int 
         "invalid": bundle.invalid,
         "stages": [],
     }
-    if stream is not None and bundle.train is not None:
-        global_batch = cfg.data.micro_batch_size * world_size * cfg.trainer.accumulate_grad_batches
-        steps = cfg.trainer.max_steps
-        samples = samples_per_group(stream, bundle.train, steps * global_batch)
-        total = sum(samples.values())
-        plan["stages"].append(
-            {
-                "name": "train",
-                "start_step": 0,
-                "steps": steps,
-                "samples": samples,
-                "fraction": {g: n / total for g, n in samples.items()},
-            }
-        )
+    if stream is not None:
+        plan["stages"] = stage_entries(stream, run_steps, bundle.train_report.groups)
+        plan["global_batch"] = stream.global_batch
+        plan["steps"] = run_steps
+        plan["batching"] = stream.schedule.batching
+        plan["fingerprint"] = stream.schedule.fingerprint()
     return plan
+
+
+def plot_plan(stream: CurriculumStream, run_steps: int, path: str) -> str:
+    """plan.png: target mix per group over optimizer steps, with stage boundaries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    schedule = stream.schedule
+    steps = np.arange(run_steps)
+    mix = np.array([[schedule.mix_at(int(s))[g] for g in schedule.groups] for s in steps])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.stackplot(steps, mix.T, labels=schedule.groups, alpha=0.8, step="post")
+    for st in schedule.stages:
+        if st.start_step < run_steps:
+            ax.axvline(st.start_step, color="black", lw=1, ls="--")
+            ax.text(st.start_step + 0.5, 1.02, st.name, fontsize=9, va="bottom")
+    ax.set_xlim(0, max(1, run_steps))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("target fraction of samples")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def write_plan(plan: dict, run_dir: str) -> str:
@@ -80,12 +116,13 @@ def print_plan(plan: dict, console: Console | None = None) -> None:
     t.add_row("[b]train total[/b]", *(str(plan["groups"].get(g, 0)) for g in groups), str(len(plan["invalid"])))
     console.print(t)
     if plan["stages"]:
-        s = Table(title="Stages")
-        for col in ("stage", "start step", "steps", "group", "samples", "fraction"):
+        s = Table(title=f"Stages (global batch {plan['global_batch']}, {plan['batching']} batching)")
+        for col in ("stage", "start step", "steps", "group", "samples", "fraction", "passes"):
             s.add_column(col, justify="left" if col in ("stage", "group") else "right")
         for st in plan["stages"]:
-            for g, n in st["samples"].items():
-                s.add_row(st["name"], str(st["start_step"]), str(st["steps"]), g, str(n), f"{st['fraction'][g]:.4f}")
+            for i, (g, n) in enumerate(st["samples"].items()):
+                head = (st["name"], str(st["start_step"]), str(st["steps"])) if i == 0 else ("", "", "")
+                s.add_row(*head, g, str(n), f"{st['fraction'][g]:.4f}", f"{st['passes'][g]:.2f}")
         console.print(s)
     if plan["invalid"]:
         v = Table(title=f"Invalid records ({len(plan['invalid'])})")

@@ -7,9 +7,10 @@ import os
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from curriculum.callbacks import StageCheckpoint
 from curriculum.config import Mode, RunConfig
 from curriculum.data.collate import Collator
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
@@ -17,7 +18,9 @@ from curriculum.datamodule import CurriculumDataModule
 from curriculum.export import export_model
 from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
-from curriculum.plan import build_plan, write_plan
+from curriculum.plan import build_plan, plot_plan, write_plan
+from curriculum.schedule.stages import compile_schedule
+from curriculum.schedule.stream import CurriculumStream
 
 log = logging.getLogger("curriculum")
 
@@ -27,6 +30,8 @@ SHARDING_STRATEGIES = ("fsdp", "deepspeed")
 @dataclass
 class Parts:
     bundle: DataBundle
+    stream: CurriculumStream
+    run_steps: int
     processor: object
     module: VLMModule
     datamodule: CurriculumDataModule
@@ -42,7 +47,7 @@ def world_size(cfg: RunConfig) -> int:
 
 def needs_vision_dummy(cfg: RunConfig) -> bool:
     """True when a micro-batch without images must still run the vision path (DDP / sharding safety)."""
-    t = cfg.model.trainable
+    t = cfg.trained_modes()
     trained = t.vision is not Mode.frozen or t.projector is not Mode.frozen
     return trained or any(s in cfg.trainer.strategy for s in SHARDING_STRATEGIES)
 
@@ -57,18 +62,32 @@ def load_checked_data(cfg: RunConfig) -> DataBundle:
     return bundle
 
 
+def global_batch(cfg: RunConfig) -> int:
+    """Samples per optimizer step over all ranks: micro batch x ranks x accumulation."""
+    return cfg.data.micro_batch_size * world_size(cfg) * cfg.trainer.accumulate_grad_batches
+
+
+def build_stream(cfg: RunConfig, bundle: DataBundle) -> tuple[CurriculumStream, int]:
+    """The compiled curriculum stream over the training table, and the number of steps this run trains."""
+    schedule = compile_schedule(cfg, bundle.group_names, bundle.train_report.groups)
+    lengths = bundle.train.approx_length() if schedule.length_grouping else None
+    stream = CurriculumStream(schedule, bundle.train.group_indices(), global_batch(cfg), cfg.seed, lengths)
+    return stream, cfg.trainer.max_steps or schedule.total_steps
+
+
 def build_parts(cfg: RunConfig, run_dir: str) -> Parts:
-    """Data, processor, model and datamodule for a run folder."""
+    """Data, schedule stream, processor, model and datamodule for a run folder."""
     bundle = load_checked_data(cfg)
+    stream, run_steps = build_stream(cfg, bundle)
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
     processor = load_processor(path)
-    model = load_model(cfg.model, path)
+    model = load_model(cfg.model, path, cfg.trained_modes())
     collator = Collator(processor, bundle.group_names, cfg.data.max_length, cfg.data.on_invalid.value)
     module = VLMModule(
         model,
-        bundle.group_names,
+        stream.schedule,
         cfg.optim,
-        cfg.trainer.max_steps,
+        run_steps,
         vision_dummy=vision_dummy_inputs(processor, model) if needs_vision_dummy(cfg) else None,
         skipped_log=os.path.join(run_dir, "skipped.jsonl"),
     )
@@ -79,15 +98,14 @@ def build_parts(cfg: RunConfig, run_dir: str) -> Parts:
         bundle.train,
         bundle.val,
         collator,
+        stream,
         micro_batch=cfg.data.micro_batch_size,
         val_micro_batch=cfg.data.val_micro_batch_size,
         accumulate=cfg.trainer.accumulate_grad_batches,
-        total_steps=cfg.trainer.max_steps,
+        total_steps=run_steps,
         num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
     )
-    plan = build_plan(cfg, bundle, datamodule.stream, world_size(cfg))
-    return Parts(bundle, processor, module, datamodule, plan)
+    return Parts(bundle, stream, run_steps, processor, module, datamodule, build_plan(bundle, stream, run_steps))
 
 
 def _probe_records(bundle: DataBundle) -> list[dict]:
@@ -95,7 +113,7 @@ def _probe_records(bundle: DataBundle) -> list[dict]:
     return [bundle.train[int(rows[0])] for rows in bundle.train.group_indices().values() if len(rows)]
 
 
-def build_trainer(cfg: RunConfig, run_dir: str) -> pl.Trainer:
+def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts) -> pl.Trainer:
     """A Lightning Trainer writing metrics.csv and checkpoints into the run folder."""
     t = cfg.trainer
     loggers = []
@@ -110,14 +128,15 @@ def build_trainer(cfg: RunConfig, run_dir: str) -> pl.Trainer:
         from pytorch_lightning.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
-    val_every = t.val_every_n_steps or t.max_steps
+    val_every = t.val_every_n_steps or parts.run_steps
+    checkpoints = os.path.join(run_dir, "checkpoints")
     return pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=strategy,
         precision=t.precision,
-        max_steps=t.max_steps,
+        max_steps=parts.run_steps,
         max_epochs=-1,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
@@ -128,7 +147,10 @@ def build_trainer(cfg: RunConfig, run_dir: str) -> pl.Trainer:
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         logger=loggers or False,
-        callbacks=[ModelCheckpoint(dirpath=os.path.join(run_dir, "checkpoints"), save_last=True, save_top_k=0)],
+        callbacks=[
+            ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
+            StageCheckpoint(parts.stream.schedule, checkpoints),
+        ],
         enable_progress_bar=t.enable_progress_bar,
         # The global-stream sampler shards across ranks itself.
         use_distributed_sampler=False,
@@ -142,7 +164,8 @@ def train(cfg: RunConfig, run_dir: str) -> str:
     pl.seed_everything(cfg.seed, workers=True)
     parts = build_parts(cfg, run_dir)
     write_plan(parts.plan, run_dir)
-    trainer = build_trainer(cfg, run_dir)
+    plot_plan(parts.stream, parts.run_steps, os.path.join(run_dir, "plan.png"))
+    trainer = build_trainer(cfg, run_dir, parts)
     trainer.fit(parts.module, datamodule=parts.datamodule)
     if cfg.export.enabled and trainer.is_global_zero:
         kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from omegaconf import DictConfig
@@ -9,18 +10,18 @@ from omegaconf import DictConfig
 from curriculum.cli.common import hydra_main, run_task
 from curriculum.config import RunConfig
 from curriculum.data.sources import describe_invalid, load_data
-from curriculum.datamodule import default_stream
-from curriculum.plan import build_plan, print_plan, write_plan
-from curriculum.recipe import world_size
+from curriculum.plan import build_plan, plot_plan, print_plan, write_plan
+from curriculum.recipe import build_stream
 
 
 def _task(cfg: RunConfig, run_dir: str) -> None:
     # Read everything even in error mode, so the report lists every invalid record at once.
     bundle = load_data(cfg, on_invalid="skip")
-    stream = default_stream(bundle.train, cfg.seed) if bundle.train is not None else None
-    plan = build_plan(cfg, bundle, stream, world_size(cfg))
+    stream, run_steps = build_stream(cfg, bundle)
+    plan = build_plan(bundle, stream, run_steps)
     print_plan(plan)
     path = write_plan(plan, run_dir)
+    plot_plan(stream, run_steps, os.path.join(run_dir, "plan.png"))
     print(f"plan: {path}")
     if bundle.invalid and cfg.data.on_invalid.value == "error":
         print(

@@ -106,6 +106,8 @@ class Collator:
                 self._reject(r, str(e), skipped)
         batch = self._encode(prepared, skipped)
         batch["skipped"] = skipped
+        # Every drawn record, skipped or not, so the realised mix can be checked against the plan.
+        batch["drawn_group_ids"] = torch.tensor([self.group_index[r["group"]] for r in records], dtype=torch.long)
         return batch
 
     def _reject(self, record: dict, reason: str, skipped: list[dict]) -> None:

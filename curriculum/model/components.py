@@ -7,9 +7,7 @@ from collections import defaultdict
 
 import torch
 
-from curriculum.config import LoraConfig, Mode, TrainableConfig
-
-COMPONENTS = ("vision", "projector", "language")
+from curriculum.config import COMPONENTS, LoraConfig, Mode, TrainableConfig
 
 # Module-name markers per component across transformers VLM families (LLaVA, LLaVA-Next,
 # Qwen2-VL, Idefics3/SmolVLM, PaliGemma, Gemma3, Mistral3, MiniCPM-V). The projector is matched

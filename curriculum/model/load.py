@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from curriculum.config import ModelConfig
+from curriculum.config import ModelConfig, TrainableConfig
 from curriculum.model.builtin import BUILTIN_PREFIX, ensure_builtin
 from curriculum.model.components import apply_trainability, component_prefixes, lora_target_regex
 
@@ -37,8 +37,12 @@ def load_processor(path: str):
     return processor
 
 
-def load_model(cfg: ModelConfig, path: str) -> torch.nn.Module:
-    """The model from `path` with PEFT adapters (if configured) and per-component requires_grad."""
+def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = None) -> torch.nn.Module:
+    """The model from `path` with PEFT adapters and requires_grad per component.
+
+    `trainable` is the mode each component has whenever it trains (over all stages); default model.trainable.
+    """
+    trainable = trainable or cfg.trainable
     from transformers import AutoModelForImageTextToText
 
     kwargs = {"dtype": DTYPES[cfg.dtype]}
@@ -49,16 +53,15 @@ def load_model(cfg: ModelConfig, path: str) -> torch.nn.Module:
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     model.train()  # from_pretrained returns eval mode; dropout must be on while training
     if cfg.peft is not None:
-        model = _with_lora(model, cfg)
-    counts = apply_trainability(model, cfg.trainable)
+        model = _with_lora(model, cfg, trainable)
+    counts = apply_trainability(model, trainable)
     log.info("trainable parameters per component: %s", counts)
     return model
 
 
-def _with_lora(model, cfg: ModelConfig):
+def _with_lora(model, cfg: ModelConfig, trainable: TrainableConfig):
     from peft import LoraConfig, get_peft_model
 
-    trainable = cfg.trainable
     prefixes = component_prefixes(model)
     # Fully trained components must be saved with the adapter, so PEFT keeps them as modules_to_save.
     full = [p.rsplit(".", 1)[-1] for c in ("vision", "projector", "language") if getattr(trainable, c).value == "full" for p in prefixes[c]]

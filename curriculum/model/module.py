@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from curriculum.config import OptimConfig
+from curriculum.config import COMPONENTS, Mode, OptimConfig
 from curriculum.data.collate import IGNORE_INDEX
+from curriculum.model.components import component_of
+from curriculum.schedule.stages import Schedule
 
-_NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped")
+_NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")
 
 
 def vision_dummy_inputs(processor, model) -> dict:
@@ -44,7 +46,7 @@ class VLMModule(pl.LightningModule):
     def __init__(
         self,
         model: torch.nn.Module,
-        group_names: list[str],
+        schedule: Schedule,
         optim: OptimConfig,
         max_steps: int,
         vision_dummy: dict | None = None,
@@ -52,14 +54,18 @@ class VLMModule(pl.LightningModule):
     ):
         super().__init__()
         self.model = model
-        self.group_names = list(group_names)
+        self.schedule = schedule
+        self.group_names = list(schedule.groups)
         self.optim = optim
         self.max_steps = max_steps
         # Run the vision path on a tiny input when a micro-batch has no image, so every rank calls the same modules.
         self.vision_dummy = vision_dummy
         self.skipped_log = skipped_log
-        self._train_sums = torch.zeros(len(group_names), 2, dtype=torch.float64)
-        self._val_sums = torch.zeros(len(group_names), 2, dtype=torch.float64)
+        self._train_sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64)
+        self._val_sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64)
+        self._drawn = torch.zeros(len(self.group_names), dtype=torch.float64)
+        # Cumulative samples drawn per group over all ranks, and samples skipped; saved in checkpoints.
+        self.drawn_total = torch.zeros(len(self.group_names), dtype=torch.float64)
         self.skipped_total = 0
 
     # ---- forward and loss -------------------------------------------------------------------
@@ -101,6 +107,8 @@ class VLMModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, sums = self.group_losses(batch)
         self._train_sums = self._train_sums.to(self.device) + sums
+        drawn = torch.bincount(batch["drawn_group_ids"], minlength=len(self.group_names)).double()
+        self._drawn = self._drawn.to(self.device) + drawn
         self._record_skipped(batch.get("skipped", []))
         return loss
 
@@ -109,17 +117,33 @@ class VLMModule(pl.LightningModule):
             return
         sums = self._reduce(self._train_sums)
         self._train_sums = torch.zeros_like(self._train_sums)
+        self.drawn_total = self.drawn_total.to(self.device) + self._reduce(self._drawn)
+        self._drawn = torch.zeros_like(self._drawn)
         skipped = self._reduce(torch.tensor([float(self.skipped_total)], device=self.device))
-        metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
+        step = self.global_step - 1  # the optimizer step that just finished
+        metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum()), "stage": float(self.schedule.stage_at(step).index)}
+        for name, frac in self.schedule.mix_at(step).items():
+            metrics[f"mix/{name}"] = frac
+        for g, name in enumerate(self.group_names):
+            metrics[f"samples/{name}"] = float(self.drawn_total[g])
         for g, name in enumerate(self.group_names):
             if sums[g, 1] > 0:  # a group absent from this step leaves its loss cell empty
                 metrics[f"train/loss_{name}"] = _ratio(sums[g, 0], sums[g, 1])
             metrics[f"train/tokens_{name}"] = float(sums[g, 1])
         metrics["train/skipped"] = float(skipped[0])
-        metrics["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        for group in self.trainer.optimizers[0].param_groups:
+            metrics[f"lr/{group['component']}"] = group["lr"]
         shown = {k for k in metrics if k.startswith("train/loss_")}
         for k, v in metrics.items():
             self.log(k, v, on_step=True, on_epoch=False, prog_bar=k in shown, rank_zero_only=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["curriculum"] = {"drawn_total": self.drawn_total.tolist(), "skipped_total": self.skipped_total}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("curriculum", {})
+        self.drawn_total = torch.tensor(state.get("drawn_total", [0.0] * len(self.group_names)), dtype=torch.float64)
+        self.skipped_total = state.get("skipped_total", 0)
 
     def _record_skipped(self, skipped: list[dict]) -> None:
         if not skipped:
@@ -155,25 +179,39 @@ class VLMModule(pl.LightningModule):
     # ---- optimizer --------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.optim.lr, betas=tuple(self.optim.betas))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        groups = []
+        for comp in COMPONENTS:
+            decay, no_decay = [], []
+            for name, p in self.model.named_parameters():
+                if p.requires_grad and component_of(name) == comp:
+                    (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            groups += [
+                {"params": decay, "weight_decay": self.optim.weight_decay, "component": comp},
+                {"params": no_decay, "weight_decay": 0.0, "component": comp},
+            ]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=tuple(self.optim.betas))
+        # One multiplier per parameter group: the stage's trainability and LR scale switch at stage
+        # boundaries without rebuilding the optimizer (a frozen stage sets lr, hence decay, to 0).
+        lambdas = [lambda step, c=g["component"]: self.lr_factor(step, c) for g in groups]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def lr_factor(self, step: int) -> float:
-        """Learning-rate multiplier at optimizer step `step`: linear warmup, then cosine or constant."""
+    def lr_factor(self, step: int, component: str | None = None) -> float:
+        """LR multiplier at optimizer step `step`: warmup then cosine/constant, x stage scale, 0 if frozen."""
+        stage = self.schedule.stage_at(step)
+        if component is not None and getattr(stage.trainable, component) is Mode.frozen:
+            return 0.0
         warm = self.optim.warmup_steps
         if step < warm:
-            return (step + 1) / warm
-        if self.optim.scheduler == "constant":
-            return 1.0
-        progress = min(1.0, (step - warm) / max(1, self.max_steps - warm))
-        floor = self.optim.min_lr_ratio
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+            base = (step + 1) / warm
+        elif self.optim.scheduler == "constant":
+            base = 1.0
+        else:
+            progress = min(1.0, (step - warm) / max(1, self.max_steps - warm))
+            floor = self.optim.min_lr_ratio
+            base = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return base * stage.lr_scale
 
 
 def freeze_unused_parameters(module: VLMModule, probe_batch: dict) -> list[str]:

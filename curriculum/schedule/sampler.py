@@ -31,23 +31,6 @@ def _permutation(seed: int, key: str, pass_: int, n: int) -> np.ndarray:
     return perm
 
 
-class ShuffledStream:
-    """All rows in a fresh seeded order each pass: position p -> perm(pass = p // n)[p % n]."""
-
-    def __init__(self, rows: np.ndarray, seed: int):
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.seed = seed
-
-    def __call__(self, positions: np.ndarray) -> np.ndarray:
-        n = len(self.rows)
-        passes, offsets = np.divmod(positions, n)
-        out = np.empty(len(positions), dtype=np.int64)
-        for p in np.unique(passes):
-            sel = passes == p
-            out[sel] = self.rows[permutation(self.seed, "all", int(p), n)[offsets[sel]]]
-        return out
-
-
 class GlobalBatchSampler(Sampler[list[int]]):
     """This rank's micro-batches for optimizer steps [start_step, total_steps) of a global stream."""
 

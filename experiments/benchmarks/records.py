@@ -25,8 +25,8 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
-import psutil
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -38,7 +38,7 @@ from curriculum.datamodule import RecordDataset
 MB = 2**20
 WORKERS = 2
 BATCH = 64
-SAMPLE_EVERY_S = 0.1
+SAMPLE_EVERY_S = 0.25  # reading smaps costs CPU on a 2-core machine
 TEXT_ONLY_EVERY = 4  # one record in four is text-only, the rest share one tiny image
 IMAGE = "tiny.png"
 WORDS = (
@@ -104,13 +104,28 @@ def open_dataset(variant: str, jsonl: str, workdir: str) -> Dataset:
     return RecordDataset(table)
 
 
+def memory(pid: int | str) -> tuple[int, int, int, int]:
+    """(USS, private dirty, PSS, RSS) of a process in bytes, from the kernel's /proc/PID/smaps_rollup.
+
+    USS (psutil's definition) is private clean + private dirty. Private dirty alone is the
+    anonymous memory a worker made its own (copy-on-write copies, new allocations); private clean
+    pages of a read-only mmap are page cache that turns shared once another process reads it.
+    """
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            fields[key] = int(rest.split()[0]) * 1024 if rest.strip().endswith("kB") else 0
+    return (fields["Private_Clean"] + fields["Private_Dirty"], fields["Private_Dirty"], fields["Pss"], fields["Rss"])
+
+
 class MemorySampler(threading.Thread):
-    """Samples USS / PSS of each worker and RSS of this process until stopped."""
+    """Samples memory() of each worker and the peak RSS of this process until stopped."""
 
     def __init__(self, pids: list[int]):
         super().__init__(daemon=True)
-        self.procs = [psutil.Process(pid) for pid in pids]
-        self.samples: list[list[tuple[int, int]]] = [[] for _ in pids]
+        self.pids = pids
+        self.samples: list[list[tuple[int, int, int, int]]] = [[] for _ in pids]
         self.parent_rss = 0
         self.stop = threading.Event()
 
@@ -122,10 +137,20 @@ class MemorySampler(threading.Thread):
 
     def take(self) -> None:
         """One sample of every process."""
-        self.parent_rss = max(self.parent_rss, psutil.Process().memory_info().rss)
-        for samples, proc in zip(self.samples, self.procs):
-            info = proc.memory_full_info()
-            samples.append((info.uss, info.pss))
+        self.parent_rss = max(self.parent_rss, memory("self")[3])
+        for samples, pid in zip(self.samples, self.pids):
+            samples.append(memory(pid))
+
+    def summary(self) -> list[dict]:
+        """Per worker: USS and private dirty at the first sample and at their peaks, and peak PSS."""
+        return [
+            {
+                "uss": (s[0][0], max(x[0] for x in s)),
+                "dirty": (s[0][1], max(x[1] for x in s)),
+                "pss_peak": max(x[2] for x in s),
+            }
+            for s in self.samples
+        ]
 
 
 def measure(variant: str, jsonl: str, workdir: str) -> dict:
@@ -133,7 +158,7 @@ def measure(variant: str, jsonl: str, workdir: str) -> dict:
     torch.set_num_threads(1)
     start = time.perf_counter()
     dataset = open_dataset(variant, jsonl, workdir)
-    load_s = time.perf_counter() - start
+    open_s = time.perf_counter() - start
     # Shuffled like training; fork (Linux's default before Python 3.14) is what LLaVA's workers rely on.
     loader = DataLoader(
         dataset,
@@ -159,10 +184,10 @@ def measure(variant: str, jsonl: str, workdir: str) -> dict:
     return {
         "variant": variant,
         "records": seen,
-        "load_s": load_s,
+        "open_s": open_s,
         "read_s": read_s,
         "parent_rss": sampler.parent_rss,
-        "workers": [(s[0][0], max(u for u, _ in s), max(p for _, p in s)) for s in sampler.samples],
+        "workers": sampler.summary(),
     }
 
 
@@ -172,31 +197,38 @@ def run_isolated(variant: str, jsonl: str, workdir: str) -> dict:
         return pool.submit(measure, variant, jsonl, workdir).result()
 
 
+def _mb(n: int) -> str:
+    return f"{n / MB:,.1f}"
+
+
 def report(results: list[dict]) -> str:
-    """The per-worker table, then the peak and growth ratios of the list of dicts against ours."""
-    rows = []
-    for r in results:
-        for k, (uss0, uss_peak, pss_peak) in enumerate(r["workers"]):
-            rows.append([
-                r["variant"], k, f"{r['records']:,}", f"{r['parent_rss'] / MB:,.0f}", f"{uss0 / MB:,.1f}",
-                f"{uss_peak / MB:,.1f}", f"{(uss_peak - uss0) / MB:,.1f}", f"{pss_peak / MB:,.1f}",
-                f"{r['load_s']:.1f}", f"{r['read_s']:.1f}",
-            ])
+    """The per-worker table, then per-variant timings and the ratios of the list of dicts against ours."""
     headers = [
-        "variant", "worker", "records read", "parent RSS peak MB", "worker USS start MB", "worker USS peak MB",
-        "worker USS growth MB", "worker PSS peak MB", "open s", "read s",
+        "variant", "worker", "USS start MB", "USS peak MB", "USS growth MB", "private dirty start MB",
+        "private dirty peak MB", "private dirty growth MB", "PSS peak MB", "parent RSS peak MB",
     ]
-    peak = {r["variant"]: max(p for _, p, _ in r["workers"]) for r in results}
-    growth = {r["variant"]: max(p - s for s, p, _ in r["workers"]) for r in results}
-    # Below 1 MB our growth is sampling noise, so the growth ratio is floored there.
-    floor = max(growth[OURS], MB)
-    sign = ">" if growth[OURS] < MB else ""
-    return markdown_table(headers, rows) + (
-        f"\n\nlargest worker USS peak: list of dicts {peak[LLAVA] / MB:,.1f} MB, ours {peak[OURS] / MB:,.1f} MB "
-        f"({peak[LLAVA] / peak[OURS]:,.1f}x)\n"
-        f"largest worker USS growth: list of dicts {growth[LLAVA] / MB:,.1f} MB, ours {growth[OURS] / MB:,.1f} MB "
-        f"({sign}{growth[LLAVA] / floor:,.0f}x)"
-    )
+    rows = [
+        [r["variant"], k, _mb(w["uss"][0]), _mb(w["uss"][1]), _mb(w["uss"][1] - w["uss"][0]), _mb(w["dirty"][0]),
+         _mb(w["dirty"][1]), _mb(w["dirty"][1] - w["dirty"][0]), _mb(w["pss_peak"]), f"{r['parent_rss'] / MB:,.0f}"]
+        for r in results
+        for k, w in enumerate(r["workers"])
+    ]
+    lines = [markdown_table(headers, rows), ""]
+    lines += [f"{r['variant']}: opened in {r['open_s']:.1f} s, read {r['records']:,} records in {r['read_s']:.1f} s" for r in results]
+    by = {r["variant"]: r["workers"] for r in results}
+    lines += [
+        _ratio("worker USS peak", by, lambda w: w["uss"][1]),
+        _ratio("worker USS growth", by, lambda w: w["uss"][1] - w["uss"][0]),
+        _ratio("worker private dirty growth", by, lambda w: w["dirty"][1] - w["dirty"][0]),
+    ]
+    return "\n".join(lines)
+
+
+def _ratio(what: str, by: dict, value: Callable[[dict], int]) -> str:
+    llava, ours = (max(value(w) for w in by[v]) for v in (LLAVA, OURS))
+    # Under 1 MB our figure is sampling noise, so the ratio is floored there.
+    shown = f">{llava / MB:,.0f}x" if ours < MB else f"{llava / ours:,.1f}x"
+    return f"largest {what}: list of dicts {_mb(llava)} MB, ours {_mb(ours)} MB -> {shown}"
 
 
 def main() -> None:
@@ -215,7 +247,10 @@ def main() -> None:
         del table
         results = [run_isolated(variant, jsonl, workdir) for variant in (OURS, LLAVA)]
     print(machine_line() + f"; DataLoader(num_workers={WORKERS}, batch_size={BATCH}, shuffle=True, collate_fn=len), fork")
-    print("USS start = after the first batch; growth = peak - start; PSS counts shared pages split between sharers.\n")
+    print(
+        "start = first sample, after the first batch; growth = peak - start; USS = private clean + private dirty;\n"
+        "private dirty = anonymous pages the worker owns (copy-on-write copies); PSS splits shared pages between sharers.\n"
+    )
     print(report(results))
 
 

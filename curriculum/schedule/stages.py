@@ -1,0 +1,154 @@
+"""Compile the schedule config into stages with an exact per-step mix, and per-stage trainability.
+
+Mix weights are quantised to integer units of 1/UNITS per step (largest remainder, so each step's
+weights sum to exactly UNITS): every count the blend computes is then integer arithmetic, the
+same on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from curriculum.config import ConfigError, RunConfig, StageConfig, TrainableConfig
+
+UNITS = 1_000_000
+REST = "rest"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the compiled schedule; `weights` is (steps, groups) in units of 1/UNITS."""
+
+    name: str
+    index: int
+    start_step: int
+    steps: int
+    weights: np.ndarray
+    trainable: TrainableConfig
+    lr_scale: float
+    ramp_steps: int
+
+    @property
+    def end_step(self) -> int:
+        """First step after this stage."""
+        return self.start_step + self.steps
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Ordered stages over a fixed group order."""
+
+    groups: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    batching: str
+    length_grouping: bool
+    megabatch: int | None
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole schedule."""
+        return self.stages[-1].end_step
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage that optimizer step `step` belongs to (the last stage past the end)."""
+        for st in self.stages:
+            if step < st.end_step:
+                return st
+        return self.stages[-1]
+
+    def mix_at(self, step: int) -> dict[str, float]:
+        """Target fraction per group at optimizer step `step`."""
+        st = self.stage_at(step)
+        row = st.weights[min(step - st.start_step, st.steps - 1)]
+        return {g: float(w) / UNITS for g, w in zip(self.groups, row)}
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the sample order (stages, mixes, batching)."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.groups, self.batching, self.length_grouping, self.megabatch]).encode())
+        for st in self.stages:
+            h.update(json.dumps([st.name, st.start_step, st.steps]).encode())
+            h.update(np.ascontiguousarray(st.weights).tobytes())
+        return h.hexdigest()[:16]
+
+
+def resolve_mix(key: str, mix: dict, groups: list[str], available: dict[str, int]) -> dict[str, float]:
+    """Fractions per group from a stage's mix, with at most one `rest` group taking 1 minus the others."""
+    unknown = [g for g in mix if g not in groups]
+    if unknown:
+        raise ConfigError(f"{key}.mix names group {unknown[0]!r}, which the data does not have: use one of {', '.join(groups)}.")
+    rest = [g for g, v in mix.items() if v == REST]
+    if len(rest) > 1:
+        raise ConfigError(f"{key}.mix has several `rest` groups ({', '.join(rest)}): at most one may take the remainder.")
+    fixed = {}
+    for g, v in mix.items():
+        if g in rest:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{key}.mix.{g}={v} is not allowed: use a fraction between 0 and 1, or `rest`.")
+        fixed[g] = float(v)
+    total = sum(fixed.values())
+    if rest:
+        if total > 1 + 1e-9:
+            raise ConfigError(f"{key}.mix fractions other than `rest` sum to {total:g}: they must sum to at most 1.")
+        fixed[rest[0]] = max(0.0, 1.0 - total)
+    elif abs(total - 1) > 1e-6:
+        raise ConfigError(f"{key}.mix fractions sum to {total:g}: they must sum to 1 (or mark one group `rest`).")
+    for g, v in fixed.items():
+        if v > 0 and available.get(g, 0) == 0:
+            raise ConfigError(f"{key}.mix gives group {g!r} the fraction {v:g}, but the data has no {g} records.")
+    return {g: fixed.get(g, 0.0) for g in groups}
+
+
+def quantise(fractions: np.ndarray) -> np.ndarray:
+    """Integer weights per row summing to UNITS exactly (largest remainder, ties by group order)."""
+    # Stages repeat one row for most steps: quantise each distinct row once.
+    rows, inverse = np.unique(fractions, axis=0, return_inverse=True)
+    scaled = rows * UNITS
+    base = np.floor(scaled + 1e-9).astype(np.int64)
+    short = UNITS - base.sum(axis=1)
+    order = np.argsort(-(scaled - base), axis=1, kind="stable")
+    for row in range(len(base)):
+        base[row, order[row, : short[row]]] += 1
+    return base[inverse.reshape(-1)]
+
+
+def ramp_steps(cfg: StageConfig) -> int:
+    """Steps of a stage's ramp: its `steps` clipped to the stage, or its `fraction` of the stage."""
+    if cfg.ramp is None:
+        return 0
+    if cfg.ramp.steps is not None:
+        return min(cfg.ramp.steps, cfg.steps)
+    return max(1, min(cfg.steps, round(cfg.ramp.fraction * cfg.steps)))
+
+
+def stage_fractions(prev: np.ndarray | None, target: np.ndarray, cfg: StageConfig) -> np.ndarray:
+    """(steps, groups) float mix of a stage: the ramp from `prev` to `target`, then `target`."""
+    out = np.tile(target, (cfg.steps, 1))
+    n = ramp_steps(cfg)
+    if n and prev is not None:
+        t = np.arange(1, n + 1, dtype=np.float64) / n
+        if cfg.ramp.shape == "cosine":
+            t = (1 - np.cos(np.pi * t)) / 2
+        out[:n] = prev + (target - prev) * t[:, None]
+    return out
+
+
+def compile_schedule(run: RunConfig, groups: list[str], available: dict[str, int]) -> Schedule:
+    """Validated stages with exact per-step weights; raises ConfigError naming the stage key."""
+    cfg = run.schedule
+    stages, start, prev = [], 0, None
+    for i, (name, st) in enumerate(cfg.stages.items()):
+        key = f"schedule.stages.{name}"
+        mix = resolve_mix(key, dict(st.mix), groups, available)
+        target = np.array([mix[g] for g in groups], dtype=np.float64)
+        weights = quantise(stage_fractions(prev, target, st))
+        stages.append(Stage(name, i, start, st.steps, weights, run.stage_modes(st), st.lr_scale, ramp_steps(st) if i else 0))
+        start += st.steps
+        prev = target
+    return Schedule(tuple(groups), tuple(stages), cfg.batching, cfg.length_grouping, cfg.megabatch)

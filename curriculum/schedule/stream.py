@@ -1,0 +1,106 @@
+"""The curriculum stream: global sample position -> record row, a pure function of position.
+
+Position p belongs to optimizer step p // global_batch and so to a stage. The stage's blend picks
+the group; the group's running draw count picks the row through a seeded permutation keyed by
+(seed, group, pass), and a group that runs out starts its next pass with a fresh permutation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curriculum.schedule.blend import StageBlend
+from curriculum.schedule.sampler import permutation
+from curriculum.schedule.stages import Schedule
+
+
+class CurriculumStream:
+    """Maps global positions to table rows for a compiled schedule and a fixed global batch."""
+
+    def __init__(self, schedule: Schedule, group_rows: dict[str, np.ndarray], global_batch: int, seed: int, lengths: np.ndarray | None = None):
+        self.schedule = schedule
+        self.global_batch = global_batch
+        self.seed = seed
+        self.grouped = schedule.batching == "grouped"
+        self.rows = [np.asarray(group_rows.get(g, np.zeros(0, np.int64)), dtype=np.int64) for g in schedule.groups]
+        self.megabatch = schedule.megabatch or global_batch
+        if schedule.length_grouping:
+            if lengths is None:
+                raise ValueError("length grouping needs the records' lengths")
+            if global_batch % self.megabatch:
+                raise ValueError(f"schedule.megabatch={self.megabatch} must divide the global batch ({global_batch}) so steps keep their exact mix")
+        self.lengths = lengths
+        unit = 1 if self.grouped else global_batch
+        self.blends = [StageBlend(st.weights, unit, st.name) for st in schedule.stages]
+        per_stage = [b.counts(np.array([b.length]))[0] * (global_batch if self.grouped else 1) for b in self.blends]
+        self.offsets = np.vstack([np.zeros(len(schedule.groups), np.int64), np.cumsum(per_stage, axis=0)])
+        self.stage_starts = np.array([st.start_step for st in schedule.stages], dtype=np.int64)
+        self.total_positions = schedule.total_steps * global_batch
+
+    def _stage_of(self, positions: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.stage_starts, positions // self.global_batch, side="right") - 1
+
+    def draws_before(self, position: int) -> np.ndarray:
+        """Samples drawn per group (in schedule group order) before global position `position`."""
+        if position >= self.total_positions:
+            return self.offsets[-1].copy()
+        s = int(self._stage_of(np.array([position]))[0])
+        blend, k = self.blends[s], position - self.stage_starts[s] * self.global_batch
+        if not self.grouped:
+            return self.offsets[s] + blend.counts(np.array([k]))[0]
+        step, within = divmod(k, self.global_batch)
+        done = self.offsets[s] + blend.counts(np.array([step]))[0] * self.global_batch
+        done[blend.groups_at(np.array([step]))[0]] += within
+        return done
+
+    def groups_and_ranks(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Group index and running draw index within that group at each position (before length grouping)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) and (positions.min() < 0 or positions.max() >= self.total_positions):
+            raise IndexError(f"positions must lie in [0, {self.total_positions}): the schedule has {self.schedule.total_steps} steps")
+        groups = np.empty(len(positions), np.int64)
+        ranks = np.empty(len(positions), np.int64)
+        stages = self._stage_of(positions)
+        for s in np.unique(stages):
+            sel = stages == s
+            blend, k = self.blends[s], positions[sel] - self.stage_starts[s] * self.global_batch
+            if self.grouped:
+                step, within = np.divmod(k, self.global_batch)
+                g = blend.groups_at(step)
+                r = blend.counts(step)[np.arange(len(step)), g] * self.global_batch + within
+            else:
+                g = blend.groups_at(k)
+                r = blend.counts(k)[np.arange(len(k)), g]
+            groups[sel] = g
+            ranks[sel] = self.offsets[s][g] + r
+        return groups, ranks
+
+    def _rows(self, groups: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+        out = np.empty(len(groups), np.int64)
+        for g in np.unique(groups):
+            sel = groups == g
+            rows = self.rows[g]
+            passes, offsets = np.divmod(ranks[sel], len(rows))
+            picked = np.empty(int(sel.sum()), np.int64)
+            for p in np.unique(passes):
+                here = passes == p
+                picked[here] = rows[permutation(self.seed, self.schedule.groups[g], int(p), len(rows))[offsets[here]]]
+            out[sel] = picked
+        return out
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """Table rows at the given global positions."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if not self.schedule.length_grouping:
+            return self._rows(*self.groups_and_ranks(positions))
+        # Inside each megabatch, samples are ordered by group, then longest first: micro-batches
+        # hold similar lengths (less padding) while every step keeps its exact group counts.
+        first = positions // self.megabatch
+        span = np.arange(first.min() * self.megabatch, (first.max() + 1) * self.megabatch, dtype=np.int64)
+        groups, ranks = self.groups_and_ranks(span)
+        rows = self._rows(groups, ranks)
+        order = np.empty(len(span), np.int64)
+        for m in range(0, len(span), self.megabatch):
+            block = slice(m, m + self.megabatch)
+            order[block] = m + np.lexsort((-self.lengths[rows[block]], groups[block]))
+        return rows[order][positions - span[0]]
