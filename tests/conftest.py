@@ -10,7 +10,9 @@ import sys
 import pytest
 from PIL import Image
 
+from curriculum.config import RunConfig, ScheduleConfig, StageConfig
 from curriculum.data.builtin import ensure_shapes
+from curriculum.schedule.stages import compile_schedule
 from curriculum.model.load import load_processor, resolve_model_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +48,18 @@ def llava_path(cache_dir, shapes) -> str:
 def processor(llava_path):
     """A fresh processor of the built-in tiny LLaVA."""
     return load_processor(llava_path)
+
+
+def one_stage(steps: int = 10, mix: dict | None = None, **schedule) -> ScheduleConfig:
+    """A schedule config with a single stage `train`."""
+    return ScheduleConfig(stages={"train": StageConfig(steps=steps, mix=mix or {"image_text": "rest", "text_only": 0.5})}, **schedule)
+
+
+def compiled(schedule: ScheduleConfig | None = None, groups=("image_text", "text_only"), sizes=None):
+    """A compiled Schedule over `groups` (each with 100 records unless `sizes` says otherwise)."""
+    run = RunConfig(schedule=schedule or one_stage())
+    run.check()
+    return compile_schedule(run, list(groups), sizes or dict.fromkeys(groups, 100))
 
 
 def record(id_, user, answer, images=(), group=None, source="test.jsonl"):

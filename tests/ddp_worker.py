@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from curriculum.config import DataConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
+from curriculum.config import DataConfig, Mode, ModelConfig, PathsConfig, RunConfig, ScheduleConfig, StageConfig, TrainableConfig, TrainerConfig
 from curriculum.recipe import build_parts, build_trainer
 
 
@@ -21,7 +21,8 @@ def main(out_dir: str, data_file: str) -> None:
     cfg = RunConfig(
         data=DataConfig(train_files=[data_file], micro_batch_size=2, num_workers=0),
         model=ModelConfig(trainable=TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full)),
-        trainer=TrainerConfig(max_steps=3, accelerator="cpu", devices=2, strategy="ddp", val_every_n_steps=0, enable_progress_bar=False),
+        schedule=ScheduleConfig(stages={"train": StageConfig(steps=3, mix={"image_text": 0.5, "text_only": 0.5})}),
+        trainer=TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", val_every_n_steps=0, enable_progress_bar=False),
         paths=PathsConfig(output_root=out_dir, cache_dir=os.environ["CURRICULUM_CACHE"]),
     )
     cfg.check()
@@ -38,7 +39,7 @@ def main(out_dir: str, data_file: str) -> None:
     seen: list[str] = []
     parts.module.on_train_batch_start = lambda batch, idx: seen.extend(batch["sample_ids"])
     initial = {n: p.detach().clone() for n, p in parts.module.model.named_parameters() if p.requires_grad}
-    trainer = build_trainer(cfg, out_dir)
+    trainer = build_trainer(cfg, out_dir, parts)
     trainer.fit(parts.module, datamodule=parts.datamodule)
     rank = trainer.global_rank
     trained = {n: p.detach().clone() for n, p in parts.module.model.named_parameters() if n in initial}

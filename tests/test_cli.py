@@ -98,7 +98,7 @@ def test_train_on_mixed_files_logs_group_losses_and_exports(mixed_files, tmp_pat
     _, files, val = mixed_files
     run = tmp_path / "run"
     proc = run_cli(
-        "train", *data_overrides(files, val), "data.on_invalid=skip", "trainer.max_steps=6", "trainer.val_every_n_steps=3",
+        "train", *data_overrides(files, val), "data.on_invalid=skip", "schedule=single", "trainer.max_steps=6", "trainer.val_every_n_steps=3",
         "data.micro_batch_size=2", "data.num_workers=0", f"hydra.run.dir={run}",
     )
     assert f"run folder: {run}" in proc.stdout

@@ -8,8 +8,11 @@ from omegaconf import OmegaConf
 from curriculum.config import ConfigError, Mode, validate
 
 
+BASE = {"schedule": {"stages": {"train": {"steps": 5, "mix": {"image_text": 1.0}}}}}
+
+
 def check(**overrides):
-    return validate(OmegaConf.create(overrides))
+    return validate(OmegaConf.merge(OmegaConf.create(BASE), OmegaConf.create(overrides)))
 
 
 def test_defaults_are_valid():
@@ -25,12 +28,14 @@ def test_defaults_are_valid():
         ({"data": {"on_invalid": "ignore"}}, "expected one of [error, skip]"),
         ({"trainer": {"max_steps": 0}}, "trainer.max_steps=0 is not allowed: use a positive value."),
         ({"model": {"trainable": {"language": "lora"}}}, "model.trainable.language=lora needs a LoRA config: add model/peft=lora."),
-        ({"model": {"peft": {"r": 4}, "trainable": {"language": "full"}}}, "no component of model.trainable is `lora`"),
-        ({"model": {"trainable": {"vision": "frozen", "projector": "frozen", "language": "frozen"}}}, "at least one must be lora or full"),
+        ({"model": {"peft": {"r": 4}, "trainable": {"language": "full"}}}, "no component is `lora` in model.trainable or any stage"),
+        ({"model": {"trainable": {"vision": "frozen", "projector": "frozen", "language": "frozen"}}}, "freeze vision, projector and language in every stage"),
         ({"model": {"dtype": "int8"}}, "model.dtype=int8 is not allowed"),
         ({"optim": {"scheduler": "linear"}}, "optim.scheduler=linear is not allowed: use cosine or constant."),
         ({"export": {"mode": "merged"}}, "export.mode=merged needs model/peft=lora"),
         ({"data": {"val_files": ["v.json"]}}, "data.val_files is set but data.train_files is empty"),
+        ({"trainer": {"max_steps": 9}}, "trainer.max_steps=9 is not allowed: the schedule has 5 steps"),
+        ({"schedule": {"batching": "random"}}, "schedule.batching=random is not allowed: use mixed or grouped."),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import png, record
+from conftest import compiled, one_stage, png, record
 from curriculum.config import LoraConfig, Mode, ModelConfig, OptimConfig, TrainableConfig
 from curriculum.data.collate import Collator
 from curriculum.model.components import component_of
@@ -20,7 +20,7 @@ GROUPS = ["image_text", "text_only"]
 def module_for(path, trainable=None, peft=None, dummy=True):
     processor = load_processor(path)
     model = load_model(ModelConfig(name_or_path=path, trainable=trainable or TrainableConfig(), peft=peft), path)
-    module = VLMModule(model, GROUPS, OptimConfig(), 10, vision_dummy=vision_dummy_inputs(processor, model) if dummy else None)
+    module = VLMModule(model, compiled(), OptimConfig(), 10, vision_dummy=vision_dummy_inputs(processor, model) if dummy else None)
     return module, Collator(processor, GROUPS, 512, "error")
 
 
@@ -80,7 +80,7 @@ def test_lora_trains_only_adapters_in_lora_components(llava_path):
 
 
 def test_lr_factor_warms_up_then_decays_to_the_floor():
-    module = VLMModule(torch.nn.Linear(2, 2), GROUPS, OptimConfig(warmup_steps=4, min_lr_ratio=0.1), 20)
+    module = VLMModule(torch.nn.Linear(2, 2), compiled(one_stage(20)), OptimConfig(warmup_steps=4, min_lr_ratio=0.1), 20)
     assert [module.lr_factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert module.lr_factor(4) == pytest.approx(1.0)
     assert module.lr_factor(20) == pytest.approx(0.1)

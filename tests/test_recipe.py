@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from curriculum.config import DataConfig, LoraConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
+from conftest import one_stage
 from curriculum.model.load import resolve_model_path
 from curriculum.recipe import train
 
@@ -19,7 +20,8 @@ def quick_config(cache_dir, model: ModelConfig) -> RunConfig:
     cfg = RunConfig(
         data=DataConfig(micro_batch_size=4, val_micro_batch_size=32, num_workers=0),
         model=model,
-        trainer=TrainerConfig(max_steps=4, val_every_n_steps=2, enable_progress_bar=False),
+        trainer=TrainerConfig(val_every_n_steps=2, enable_progress_bar=False),
+        schedule=one_stage(4),
         paths=PathsConfig(cache_dir=cache_dir),
     )
     cfg.check()

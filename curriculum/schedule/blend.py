@@ -24,23 +24,30 @@ _MAX_SIMULATED = 20_000_000
 
 
 class StageBlend:
-    """Group per position of one stage; `unit` positions share each step's weights."""
+    """Group per position of one stage: `ramp` weights per step, then `mix`; `unit` positions per step."""
 
-    def __init__(self, weights: np.ndarray, unit: int, name: str = "stage"):
-        self.weights = np.asarray(weights, dtype=np.int64)
+    def __init__(self, ramp: np.ndarray, mix: np.ndarray, steps: int, unit: int, name: str = "stage"):
+        self.ramp = np.asarray(ramp, dtype=np.int64).reshape(-1, len(mix))
+        self.mix = np.asarray(mix, dtype=np.int64)
         self.unit = unit
-        self.n_groups = self.weights.shape[1]
-        self.length = self.weights.shape[0] * unit
-        self.cum = np.zeros((self.weights.shape[0] + 1, self.n_groups), dtype=np.int64)
-        np.cumsum(self.weights * unit, axis=0, out=self.cum[1:])
-        self.active = np.flatnonzero(self.weights.any(axis=0))
+        self.n_groups = len(self.mix)
+        self.length = steps * unit
+        self.ramp_end = len(self.ramp) * unit
+        self.cum = np.zeros((len(self.ramp) + 1, self.n_groups), dtype=np.int64)
+        np.cumsum(self.ramp * unit, axis=0, out=self.cum[1:])
+        self._rows = np.vstack([self.ramp, self.mix[None]])
+        self.active = np.flatnonzero(self._rows.any(axis=0))
         self._sim = _Simulation(self, name) if len(self.active) > 2 else None
+
+    def weights_at(self, k: int) -> np.ndarray:
+        """Weights of stage position k."""
+        return self._rows[min(k // self.unit, len(self.ramp))]
 
     def targets(self, k: np.ndarray) -> np.ndarray:
         """Cumulative target (units) per group after the first k positions; shape (len(k), groups)."""
         k = np.asarray(k, dtype=np.int64)
-        step = np.minimum(k // self.unit, self.weights.shape[0] - 1)
-        return self.cum[step] + (k - step * self.unit)[:, None] * self.weights[step]
+        step = np.minimum(k // self.unit, len(self.ramp))
+        return self.cum[step] + (k - step * self.unit)[:, None] * self._rows[step]
 
     def counts(self, k: np.ndarray) -> np.ndarray:
         """Draws per group among the first k positions of the stage; shape (len(k), groups)."""
@@ -70,10 +77,8 @@ class _Simulation:
     """Explicit group codes for 3+ groups: the stage's prefix, then one period of the constant tail."""
 
     def __init__(self, blend: StageBlend, name: str):
-        w = blend.weights
-        changing = np.flatnonzero((w != w[-1]).any(axis=1))
-        ramp_end = (int(changing[-1]) + 1 if len(changing) else 0) * blend.unit
-        period = UNITS // math.gcd(UNITS, *map(int, w[-1]))
+        ramp_end = blend.ramp_end
+        period = UNITS // math.gcd(UNITS, *map(int, blend.mix))
         codes: list[int] = []
         deficit = [0] * blend.n_groups
         seen: dict[tuple, int] = {}
@@ -90,7 +95,7 @@ class _Simulation:
                     f"schedule.stages.{name}.mix: with {len(blend.active)} groups this mix repeats only every "
                     f"{period} samples; round the fractions (e.g. to 1/1000) so the blend can be precomputed."
                 )
-            row = w[min(k // blend.unit, len(w) - 1)]
+            row = blend.weights_at(k)
             best, best_val = 0, None
             for g in range(blend.n_groups):
                 deficit[g] += int(row[g])

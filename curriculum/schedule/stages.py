@@ -22,21 +22,33 @@ REST = "rest"
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the compiled schedule; `weights` is (steps, groups) in units of 1/UNITS."""
+    """One stage: per-step weights of its ramp (ramp_steps, groups), then `mix` for the other steps.
+
+    Weights are integers in units of 1/UNITS; a stage of any length takes memory for its ramp only.
+    """
 
     name: str
     index: int
     start_step: int
     steps: int
-    weights: np.ndarray
+    ramp: np.ndarray
+    mix: np.ndarray
     trainable: TrainableConfig
     lr_scale: float
-    ramp_steps: int
 
     @property
     def end_step(self) -> int:
         """First step after this stage."""
         return self.start_step + self.steps
+
+    @property
+    def ramp_steps(self) -> int:
+        """Steps of the ramp at the start of the stage."""
+        return len(self.ramp)
+
+    def weights_at(self, step: int) -> np.ndarray:
+        """Integer weights at stage-relative step `step`."""
+        return self.ramp[step] if step < len(self.ramp) else self.mix
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,7 @@ class Schedule:
     def mix_at(self, step: int) -> dict[str, float]:
         """Target fraction per group at optimizer step `step`."""
         st = self.stage_at(step)
-        row = st.weights[min(step - st.start_step, st.steps - 1)]
+        row = st.weights_at(min(step - st.start_step, st.steps - 1))
         return {g: float(w) / UNITS for g, w in zip(self.groups, row)}
 
     def fingerprint(self) -> str:
@@ -73,7 +85,7 @@ class Schedule:
         h.update(json.dumps([self.groups, self.batching, self.length_grouping, self.megabatch]).encode())
         for st in self.stages:
             h.update(json.dumps([st.name, st.start_step, st.steps]).encode())
-            h.update(np.ascontiguousarray(st.weights).tobytes())
+            h.update(np.ascontiguousarray(st.ramp).tobytes() + np.ascontiguousarray(st.mix).tobytes())
         return h.hexdigest()[:16]
 
 
@@ -107,15 +119,13 @@ def resolve_mix(key: str, mix: dict, groups: list[str], available: dict[str, int
 
 def quantise(fractions: np.ndarray) -> np.ndarray:
     """Integer weights per row summing to UNITS exactly (largest remainder, ties by group order)."""
-    # Stages repeat one row for most steps: quantise each distinct row once.
-    rows, inverse = np.unique(fractions, axis=0, return_inverse=True)
-    scaled = rows * UNITS
+    scaled = np.asarray(fractions, dtype=np.float64) * UNITS
     base = np.floor(scaled + 1e-9).astype(np.int64)
     short = UNITS - base.sum(axis=1)
     order = np.argsort(-(scaled - base), axis=1, kind="stable")
     for row in range(len(base)):
         base[row, order[row, : short[row]]] += 1
-    return base[inverse.reshape(-1)]
+    return base
 
 
 def ramp_steps(cfg: StageConfig) -> int:
@@ -127,16 +137,13 @@ def ramp_steps(cfg: StageConfig) -> int:
     return max(1, min(cfg.steps, round(cfg.ramp.fraction * cfg.steps)))
 
 
-def stage_fractions(prev: np.ndarray | None, target: np.ndarray, cfg: StageConfig) -> np.ndarray:
-    """(steps, groups) float mix of a stage: the ramp from `prev` to `target`, then `target`."""
-    out = np.tile(target, (cfg.steps, 1))
+def ramp_fractions(prev: np.ndarray, target: np.ndarray, cfg: StageConfig) -> np.ndarray:
+    """(ramp steps, groups) float mix moving from `prev` to `target` (linear or cosine)."""
     n = ramp_steps(cfg)
-    if n and prev is not None:
-        t = np.arange(1, n + 1, dtype=np.float64) / n
-        if cfg.ramp.shape == "cosine":
-            t = (1 - np.cos(np.pi * t)) / 2
-        out[:n] = prev + (target - prev) * t[:, None]
-    return out
+    t = np.arange(1, n + 1, dtype=np.float64) / max(n, 1)
+    if cfg.ramp is not None and cfg.ramp.shape == "cosine":
+        t = (1 - np.cos(np.pi * t)) / 2
+    return prev + (target - prev) * t[:, None]
 
 
 def compile_schedule(run: RunConfig, groups: list[str], available: dict[str, int]) -> Schedule:
@@ -147,8 +154,8 @@ def compile_schedule(run: RunConfig, groups: list[str], available: dict[str, int
         key = f"schedule.stages.{name}"
         mix = resolve_mix(key, dict(st.mix), groups, available)
         target = np.array([mix[g] for g in groups], dtype=np.float64)
-        weights = quantise(stage_fractions(prev, target, st))
-        stages.append(Stage(name, i, start, st.steps, weights, run.stage_modes(st), st.lr_scale, ramp_steps(st) if i else 0))
+        ramp = quantise(ramp_fractions(prev, target, st)) if prev is not None else np.zeros((0, len(groups)), np.int64)
+        stages.append(Stage(name, i, start, st.steps, ramp, quantise(target[None])[0], run.stage_modes(st), st.lr_scale))
         start += st.steps
         prev = target
     return Schedule(tuple(groups), tuple(stages), cfg.batching, cfg.length_grouping, cfg.megabatch)

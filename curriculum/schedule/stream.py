@@ -31,7 +31,7 @@ class CurriculumStream:
                 raise ValueError(f"schedule.megabatch={self.megabatch} must divide the global batch ({global_batch}) so steps keep their exact mix")
         self.lengths = lengths
         unit = 1 if self.grouped else global_batch
-        self.blends = [StageBlend(st.weights, unit, st.name) for st in schedule.stages]
+        self.blends = [StageBlend(st.ramp, st.mix, st.steps, unit, st.name) for st in schedule.stages]
         per_stage = [b.counts(np.array([b.length]))[0] * (global_batch if self.grouped else 1) for b in self.blends]
         self.offsets = np.vstack([np.zeros(len(schedule.groups), np.int64), np.cumsum(per_stage, axis=0)])
         self.stage_starts = np.array([st.start_step for st in schedule.stages], dtype=np.int64)

@@ -1,10 +1,11 @@
 """Benchmark: memory of DataLoader workers reading every record, our record table vs a Python list of dicts.
 
 LLaVA-style scripts load the whole data file into a list of dicts in the parent process and let
-forked DataLoader workers index it. Every read (and every garbage-collector pass) writes to the
-objects' headers, so each worker gradually copies the pages holding the list (copy-on-write) and
-ends up with a private copy of the dataset. Our RecordTable keeps the records in a memory-mapped
-Arrow file and builds one dict per read, so the workers share the file's pages and stay flat.
+forked DataLoader workers index it. Every read (and any full garbage collection) writes to the
+objects' reference counts, so each worker gradually copies the pages holding the list
+(copy-on-write) and ends up with a private copy of much of the dataset. Our RecordTable keeps the
+records in a memory-mapped Arrow file and builds one dict per read, so the workers share the
+file's pages and stay flat.
 
 Each variant runs in a fresh spawned process that opens the data and reads every record once
 through DataLoader(num_workers=2, batch_size=64, collate_fn=len), so only record reading is
@@ -214,7 +215,8 @@ def report(results: list[dict]) -> str:
         for k, w in enumerate(r["workers"])
     ]
     lines = [markdown_table(headers, rows), ""]
-    lines += [f"{r['variant']}: opened in {r['open_s']:.1f} s, read {r['records']:,} records in {r['read_s']:.1f} s" for r in results]
+    for r in results:
+        lines.append(f"{r['variant']}: opened in {r['open_s']:.1f} s, read {r['records']:,} records in {r['read_s']:.1f} s")
     by = {r["variant"]: r["workers"] for r in results}
     lines += [
         _ratio("worker USS peak", by, lambda w: w["uss"][1]),
@@ -242,9 +244,10 @@ def main() -> None:
         start = time.perf_counter()
         table, report_ = load_or_build([jsonl], cache_dir=workdir)
         build_s = time.perf_counter() - start
-        print(f"{args.records:,} records {report_.groups}, JSONL {os.path.getsize(jsonl) / MB:,.0f} MB (written in {data_s:.0f} s), "
-              f"Arrow table {os.path.getsize(table.path) / MB:,.0f} MB (built or reused in {build_s:.0f} s)")
-        del table
+        print(
+            f"{args.records:,} records {report_.groups}, JSONL {os.path.getsize(jsonl) / MB:,.0f} MB (written in {data_s:.0f} s), "
+            f"Arrow table {os.path.getsize(table.path) / MB:,.0f} MB (built or reused in {build_s:.0f} s)"
+        )
         results = [run_isolated(variant, jsonl, workdir) for variant in (OURS, LLAVA)]
     print(machine_line() + f"; DataLoader(num_workers={WORKERS}, batch_size={BATCH}, shuffle=True, collate_fn=len), fork")
     print(

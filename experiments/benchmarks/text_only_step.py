@@ -1,7 +1,8 @@
 """Benchmark: one training step (forward + backward + AdamW) on a text-only micro-batch, three ways.
 
 - ours: the Collator's batch has no pixel_values and VLMModule.group_losses handles it, with the
-  vision dummy exactly when the recipe passes one (curriculum.recipe.needs_vision_dummy);
+  vision dummy exactly when the recipe passes one (curriculum.recipe.needs_vision_dummy): module,
+  collator and optimizer come from curriculum.recipe.build_parts on the project's default config;
 - LLaVA way: the same samples with "<image>\\n" prepended to the first user turn and one black
   full-size image each, so the vision tower and the projector run on every sample;
 - language model alone: the model's decoder + lm_head on the text-only batch with the same loss,
@@ -24,22 +25,21 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from benchlib import machine_line, markdown_table
-from curriculum.config import Mode, ModelConfig, OptimConfig, RunConfig, TrainableConfig
-from curriculum.data.builtin import ensure_shapes
-from curriculum.data.collate import IGNORE_INDEX, Collator
-from curriculum.data.formats import iter_records
-from curriculum.model.load import load_model, load_processor, resolve_model_path
-from curriculum.model.module import VLMModule, vision_dummy_inputs
-from curriculum.recipe import needs_vision_dummy
+from curriculum.conf_path import conf_dir
+from curriculum.config import RunConfig, validate
+from curriculum.data.collate import IGNORE_INDEX
+from curriculum.data.records import RecordTable
+from curriculum.model.module import VLMModule
+from curriculum.recipe import Parts, build_parts, needs_vision_dummy
 
-GROUPS = ["image_text", "text_only"]
-MAX_LENGTH = 512
+# Overrides of the project's default config (conf/config.yaml) per case.
 CASES = {
-    "vision frozen (default)": TrainableConfig(),
-    "vision trained": TrainableConfig(vision=Mode.full),
+    "vision frozen (default)": [],
+    "vision trained": ["model.trainable.vision=full"],
 }
 LM_ALONE = "language model alone"
 
@@ -55,20 +55,18 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def cache_dir() -> str:
-    """The project's cache folder: $CURRICULUM_CACHE, else ~/.cache/curriculum (as conf/config.yaml)."""
-    return os.path.expanduser(os.environ.get("CURRICULUM_CACHE", "~/.cache/curriculum"))
+def run_config(model: str, overrides: list[str]) -> RunConfig:
+    """The project's default config with overrides, composed and validated as curriculum-train does."""
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        return validate(compose("config", overrides=[f"model.name_or_path={model}", *overrides]))
 
 
-def text_records(cache: str, n: int) -> list[dict]:
-    """The first n text-only records of the built-in shapes training data."""
-    records = []
-    for _, _, record in iter_records(ensure_shapes(cache).train_file):
-        if not record["images"]:
-            records.append(record)
-        if len(records) == n:
-            return records
-    raise ValueError(f"the built-in data has fewer than {n} text-only records")
+def text_records(table: RecordTable, n: int) -> list[dict]:
+    """The first n text-only records of the (built-in) training table."""
+    rows = table.group_indices()["text_only"][:n]
+    if len(rows) < n:
+        raise ValueError(f"the training data has only {len(rows)} text-only records, fewer than --batch {n}")
+    return [table[int(i)] for i in rows]
 
 
 def with_zero_image(record: dict, image: str) -> dict:
@@ -91,28 +89,36 @@ def lm_alone_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     logits = model.get_output_embeddings()(hidden)[:, :-1]
     labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return loss / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def variants(model, processor, trainable: TrainableConfig, records: list[dict], image: str) -> dict:
-    """name -> (loss function, its batch) for one trainability case, built as the recipe builds them."""
-    cfg = RunConfig(model=ModelConfig(trainable=trainable))
-    dummy = vision_dummy_inputs(processor, model) if needs_vision_dummy(cfg) else None
-    module = VLMModule(model, GROUPS, OptimConfig(), max_steps=1, vision_dummy=dummy)
-    collator = Collator(processor, GROUPS, MAX_LENGTH, "error")
-    text = collator(records)
-    zero_images = collator([with_zero_image(r, image) for r in records])
+def without_vision_dummy(module: VLMModule, batch: dict) -> torch.Tensor:
+    """group_losses with the vision dummy switched off, to show what the dummy costs (diagnostic only)."""
+    dummy, module.vision_dummy = module.vision_dummy, None
+    try:
+        return module.group_losses(batch)[0]
+    finally:
+        module.vision_dummy = dummy
+
+
+def variants(parts: Parts, n: int, image: str) -> dict[str, tuple[Callable[[], torch.Tensor], dict]]:
+    """name -> (loss function, its batch), on the module and collator exactly as the recipe built them."""
+    module, collate = parts.module, parts.datamodule.collator
+    records = text_records(parts.bundle.train, n)
+    text = collate(records)
+    zero_images = collate([with_zero_image(r, image) for r in records])
+    dummy = "on" if module.vision_dummy is not None else "off"
     out = {
-        f"ours (vision dummy {'on' if dummy else 'off'}, as the recipe)": (lambda: module.group_losses(text)[0], text),
+        f"ours (vision dummy {dummy}, as the recipe)": (lambda: module.group_losses(text)[0], text),
         "LLaVA way (zero image per sample)": (lambda: module.group_losses(zero_images)[0], zero_images),
-        LM_ALONE: (lambda: lm_alone_loss(model, text), text),
+        LM_ALONE: (lambda: lm_alone_loss(module.model, text), text),
     }
-    if dummy is not None:
-        # Diagnostic: what the vision dummy costs, i.e. ours if DDP safety did not require it.
-        bare = VLMModule(model, GROUPS, OptimConfig(), max_steps=1, vision_dummy=None)
-        out["ours without vision dummy (diagnostic)"] = (lambda: bare.group_losses(text)[0], text)
-    return out, module
+    if module.vision_dummy is not None:
+        out["ours without vision dummy (diagnostic)"] = (lambda: without_vision_dummy(module, text), text)
+    return out
 
 
 def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> float:
@@ -153,23 +159,29 @@ def rows_for(case: str, named: dict, times: dict[str, list[float]]) -> list[list
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    cache = cache_dir()
-    path = resolve_model_path(args.model, cache)
-    processor = load_processor(path)
-    records = text_records(cache, args.batch)
-    rows = []
+    rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="text-step-bench-") as tmp:
-        for case, trainable in CASES.items():
-            torch.manual_seed(0)
-            model = load_model(ModelConfig(name_or_path=path, trainable=trainable), path)
-            image = black_image(tmp, model.config.vision_config.image_size)
-            named, module = variants(model, processor, trainable, records, image)
-            optimizer = module.configure_optimizers()["optimizer"]
+        for case, overrides in CASES.items():
+            cfg = run_config(args.model, overrides)
+            parts = build_parts(cfg, tmp)
+            image = black_image(tmp, parts.module.model.config.vision_config.image_size)
+            named = variants(parts, args.batch, image)
+            optimizer = parts.module.configure_optimizers()["optimizer"]
             rows += rows_for(case, named, time_case(named, optimizer, args.steps, args.warmup))
+            notes.append(f"{case}: trained modes {_modes(cfg)}, recipe vision dummy: {needs_vision_dummy(cfg)}")
     print(f"{machine_line()}, torch threads {args.threads}")
-    print(f"model {args.model}, {args.batch} text-only samples per micro-batch, median of {args.steps} steps after {args.warmup} warmup\n")
+    print(
+        f"model {args.model}, {args.batch} text-only samples per micro-batch, "
+        f"median of {args.steps} steps after {args.warmup} warmup"
+    )
+    print("\n".join(notes) + "\n")
     headers = ["case", "variant", "input_ids", "pixel_values", "median ms", "p10-p90 ms", "vs LM alone"]
     print(markdown_table(headers, rows))
+
+
+def _modes(cfg: RunConfig) -> str:
+    modes = cfg.trained_modes()
+    return ", ".join(f"{c} {getattr(modes, c).value}" for c in ("vision", "projector", "language"))
 
 
 if __name__ == "__main__":
