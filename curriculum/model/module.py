@@ -131,8 +131,9 @@ class VLMModule(pl.LightningModule):
                 metrics[f"train/loss_{name}"] = _ratio(sums[g, 0], sums[g, 1])
             metrics[f"train/tokens_{name}"] = float(sums[g, 1])
         metrics["train/skipped"] = float(skipped[0])
-        for group in self.trainer.optimizers[0].param_groups:
-            metrics[f"lr/{group['component']}"] = group["lr"]
+        # The rate this step used (the scheduler has already moved on to the next step's).
+        for comp in {g["component"] for g in self.trainer.optimizers[0].param_groups}:
+            metrics[f"lr/{comp}"] = self.optim.lr * self.lr_factor(step, comp)
         shown = {k for k in metrics if k.startswith("train/loss_")}
         for k, v in metrics.items():
             self.log(k, v, on_step=True, on_epoch=False, prog_bar=k in shown, rank_zero_only=True)

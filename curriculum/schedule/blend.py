@@ -59,18 +59,37 @@ class StageBlend:
         if len(self.active) == 1:
             out[:, first] = k
             return out
-        second = self.active[1]
-        a = (2 * self.targets(k)[:, first] + UNITS) // (2 * UNITS)
+        a = self._first_counts(k)
         out[:, first] = a
-        out[:, second] = k - a
+        out[:, self.active[1]] = k - a
         return out
+
+    def _first_counts(self, k: np.ndarray) -> np.ndarray:
+        """Closed form: draws of the first active group among the first k positions (round-half-up of its target)."""
+        first = self.active[0]
+        if len(self.ramp) == 0:
+            # No ramp: the target is k * weight, without the per-position row lookups of `targets` (the hot path).
+            target = k * self.mix[first]
+        else:
+            step = np.minimum(k // self.unit, len(self.ramp))
+            target = self.cum[step, first] + (k - step * self.unit) * self._rows[step, first]
+        return (2 * target + UNITS) // (2 * UNITS)
 
     def groups_at(self, k: np.ndarray) -> np.ndarray:
         """Group index drawn at each stage position k."""
+        return self.groups_and_ranks(k)[0]
+
+    def groups_and_ranks(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Group drawn at each stage position k, and that group's draws in the stage before k."""
         k = np.asarray(k, dtype=np.int64)
         if self._sim is not None:
-            return self._sim.codes_at(k)
-        return np.argmax(self.counts(k + 1) - self.counts(k), axis=1)
+            g = self._sim.codes_at(k)
+            return g, self.counts(k)[np.arange(len(k)), g]
+        if len(self.active) == 1:
+            return np.full(len(k), self.active[0], dtype=np.int64), k.copy()
+        before = self._first_counts(k)
+        drawn = self._first_counts(k + 1) > before
+        return np.where(drawn, self.active[0], self.active[1]), np.where(drawn, before, k - before)
 
 
 class _Simulation:

@@ -66,11 +66,10 @@ class CurriculumStream:
             blend, k = self.blends[s], positions[sel] - self.stage_starts[s] * self.global_batch
             if self.grouped:
                 step, within = np.divmod(k, self.global_batch)
-                g = blend.groups_at(step)
-                r = blend.counts(step)[np.arange(len(step)), g] * self.global_batch + within
+                g, r = blend.groups_and_ranks(step)
+                r = r * self.global_batch + within
             else:
-                g = blend.groups_at(k)
-                r = blend.counts(k)[np.arange(len(k)), g]
+                g, r = blend.groups_and_ranks(k)
             groups[sel] = g
             ranks[sel] = self.offsets[s][g] + r
         return groups, ranks

@@ -1,0 +1,61 @@
+"""The default curriculum end to end: align -> blend, stage checkpoints, realised counts, sweeps."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from conftest import read_json, run_cli
+from curriculum.model.components import component_of
+
+SHORT = ["schedule.stages.align.steps=4", "schedule.stages.blend.steps=6", "data.num_workers=0", "trainer.val_every_n_steps=5"]
+
+
+@pytest.mark.slow
+def test_default_curriculum_runs_align_then_blend(cache_dir, shapes, tmp_path):
+    run_cli("train", *SHORT, f"hydra.run.dir={tmp_path}")
+    rows = [r for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r["train/loss"]]
+    assert [int(float(r["stage"])) for r in rows] == [0] * 4 + [1] * 6
+    assert {float(r["mix/text_only"]) for r in rows[:4]} == {0.0}
+    assert float(rows[-1]["mix/text_only"]) == pytest.approx(0.3)
+    assert all(float(r["lr/language"]) == 0.0 for r in rows[:4]) and all(float(r["lr/language"]) > 0 for r in rows[4:])
+    plan = read_json(tmp_path / "plan.json")
+    assert [s["name"] for s in plan["stages"]] == ["align", "blend"]
+    totals = {g: sum(s["samples"][g] for s in plan["stages"]) for g in ("image_text", "text_only")}
+    assert {g: int(float(rows[-1][f"samples/{g}"])) for g in totals} == totals
+    assert int(float(rows[3]["samples/text_only"])) == 0
+    assert sum(totals.values()) == 10 * plan["global_batch"]
+    assert (tmp_path / "plan.png").stat().st_size > 0
+
+    # align froze the language model: its weights at the align checkpoint are the initial ones.
+    initial = torch.load(tmp_path / "checkpoints" / "stage-align.ckpt", weights_only=False)["state_dict"]
+    final = torch.load(tmp_path / "checkpoints" / "stage-blend.ckpt", weights_only=False)["state_dict"]
+    from curriculum.model.load import resolve_model_path
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(resolve_model_path("builtin:tiny-llava", cache_dir)).state_dict()
+    for name, value in base.items():
+        key = f"model.{name}"
+        comp = component_of(name)
+        if comp == "language":
+            assert torch.equal(initial[key], value), name
+        if comp == "vision":
+            assert torch.equal(final[key], value), name
+    assert any(not torch.equal(initial[f"model.{n}"], v) for n, v in base.items() if component_of(n) == "projector")
+    assert any(not torch.equal(final[f"model.{n}"], v) for n, v in base.items() if component_of(n) == "language")
+
+
+@pytest.mark.slow
+def test_sweep_of_the_blend_fraction_gives_exact_plans(cache_dir, shapes, tmp_path):
+    run_cli(
+        "train", "-m", "schedule.stages.blend.mix.text_only=0.1,0.3,0.5", "schedule.stages.align.steps=2",
+        "schedule.stages.blend.steps=3", "data.num_workers=0", "trainer.val_every_n_steps=0", "export.enabled=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    for job, value in enumerate((0.1, 0.3, 0.5)):
+        blend = read_json(tmp_path / str(job) / "plan.json")["stages"][1]
+        assert blend["mix"] == {"image_text": pytest.approx(1 - value, abs=1e-12), "text_only": value}
+        rows = [r for r in csv.DictReader(open(tmp_path / str(job) / "metrics.csv")) if r["train/loss"]]
+        assert float(rows[-1]["mix/text_only"]) == pytest.approx(value)
