@@ -70,8 +70,8 @@ def plot_plan(stream: CurriculumStream, run_steps: int, path: str) -> str:
     import matplotlib.pyplot as plt
 
     schedule = stream.schedule
-    steps = np.arange(run_steps)
-    mix = np.array([[schedule.mix_at(int(s))[g] for g in schedule.groups] for s in steps])
+    steps = np.arange(run_steps + 1)
+    mix = np.array([[schedule.mix_at(min(int(s), run_steps - 1))[g] for g in schedule.groups] for s in steps])
     fig, ax = plt.subplots(figsize=(8, 3.5))
     ax.stackplot(steps, mix.T, labels=schedule.groups, alpha=0.8, step="post")
     for st in schedule.stages:

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from curriculum.config import DataConfig, Mode, ModelConfig, PathsConfig, RunConfig, ScheduleConfig, StageConfig, TrainableConfig, TrainerConfig
+from curriculum.config import DataConfig, Mode, ModelConfig, PathsConfig, RunConfig, ScheduleConfig, StageConfig, StageTrainable, TrainableConfig, TrainerConfig
 from curriculum.recipe import build_parts, build_trainer
 
 
@@ -21,7 +21,13 @@ def main(out_dir: str, data_file: str) -> None:
     cfg = RunConfig(
         data=DataConfig(train_files=[data_file], micro_batch_size=2, num_workers=0),
         model=ModelConfig(trainable=TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full)),
-        schedule=ScheduleConfig(stages={"train": StageConfig(steps=3, mix={"image_text": 0.5, "text_only": 0.5})}),
+        # The stage switch changes what trains without rebuilding the optimizer or the DDP reducer.
+        schedule=ScheduleConfig(
+            stages={
+                "align": StageConfig(steps=1, mix={"image_text": 0.5, "text_only": 0.5}, trainable=StageTrainable(language=Mode.frozen)),
+                "blend": StageConfig(steps=2, mix={"image_text": 0.5, "text_only": 0.5}),
+            }
+        ),
         trainer=TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", val_every_n_steps=0, enable_progress_bar=False),
         paths=PathsConfig(output_root=out_dir, cache_dir=os.environ["CURRICULUM_CACHE"]),
     )
