@@ -229,6 +229,16 @@ class ExportConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    # checkpoints/last.ckpt every N optimizer steps (0 = only at stage ends and the end of the run).
+    every_n_steps: int = 20
+
+    def check(self) -> None:
+        if self.every_n_steps < 0:
+            raise ConfigError(f"checkpoint.every_n_steps={self.every_n_steps} is not allowed: use 0 or more.")
+
+
+@dataclass
 class PathsConfig:
     output_root: str = "outputs"
     cache_dir: str = "~/.cache/curriculum"
@@ -243,11 +253,14 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    # A run folder (or `latest`) to continue in; set by `curriculum-train resume=...`.
+    resume: Optional[str] = None
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def check(self) -> None:
-        for part in (self.data, self.model, self.optim, self.trainer, self.export, self.schedule):
+        for part in (self.data, self.model, self.optim, self.trainer, self.export, self.checkpoint, self.schedule):
             part.check()
         trained = self.trained_modes()
         lora = [c for c in COMPONENTS if getattr(trained, c) is Mode.lora]
@@ -264,6 +277,16 @@ class RunConfig:
         if self.export.mode == "merged" and self.model.peft is None:
             raise ConfigError("export.mode=merged needs model/peft=lora: there is no adapter to merge.")
 
+
+    def world_size(self) -> int:
+        """Number of training processes the trainer config asks for (devices x nodes)."""
+        devices = self.trainer.devices
+        n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 1)
+        return max(1, n) * self.trainer.num_nodes
+
+    def global_batch(self) -> int:
+        """Samples per optimizer step over all ranks: micro batch x ranks x accumulation."""
+        return self.data.micro_batch_size * self.world_size() * self.trainer.accumulate_grad_batches
 
     def stage_modes(self, stage: StageConfig) -> TrainableConfig:
         """A stage's component modes: its own where given, else model.trainable's."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from curriculum.data.collate import Collator
@@ -88,10 +89,27 @@ class CurriculumDataModule(pl.LightningDataModule):
             collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
+            # Its own generator: starting workers must not draw from the global RNG a resume restores.
+            generator=torch.Generator().manual_seed(0),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(RecordDataset(self.train), self.train_sampler(), persistent=False)
+        # On resume Lightning has restored global_step already: the stream continues from there.
+        start = self.trainer.global_step if self.trainer is not None else 0
+        return self._loader(RecordDataset(self.train), self.train_sampler(start), persistent=False)
+
+    def state_dict(self) -> dict:
+        """Sampler position and schedule fingerprint, saved in every checkpoint."""
+        step = self.trainer.global_step if self.trainer is not None else 0
+        return {"position": step * self.stream.global_batch, "global_batch": self.stream.global_batch, "fingerprint": self.stream.schedule.fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Refuse a checkpoint whose sample order differs from this run's."""
+        if state["global_batch"] != self.stream.global_batch:
+            raise ValueError(
+                f"the checkpoint was trained with a global batch of {state['global_batch']} samples, this run has "
+                f"{self.stream.global_batch}: keep data.micro_batch_size x devices x trainer.accumulate_grad_batches equal"
+            )
 
     def val_dataloader(self):
         if self.val is None or len(self.val) == 0:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
+from omegaconf import OmegaConf
 
-from curriculum.callbacks import StageCheckpoint
+from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints
 from curriculum.config import Mode, RunConfig
 from curriculum.data.collate import Collator
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule
 from curriculum.export import export_model
 from curriculum.model.load import load_model, load_processor, resolve_model_path
+from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
 from curriculum.plan import build_plan, plot_plan, write_plan
+from curriculum.resume import RUN_CONFIG
+from curriculum.resume import prepare as prepare_resume
+from curriculum.resume import record as record_resume
 from curriculum.schedule.stages import compile_schedule
 from curriculum.schedule.stream import CurriculumStream
 
@@ -38,13 +42,6 @@ class Parts:
     plan: dict
 
 
-def world_size(cfg: RunConfig) -> int:
-    """Number of training processes the trainer config asks for (devices x nodes)."""
-    devices = cfg.trainer.devices
-    n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 1)
-    return max(1, n) * cfg.trainer.num_nodes
-
-
 def needs_vision_dummy(cfg: RunConfig) -> bool:
     """True when a micro-batch without images must still run the vision path (DDP / sharding safety)."""
     t = cfg.trained_modes()
@@ -62,16 +59,11 @@ def load_checked_data(cfg: RunConfig) -> DataBundle:
     return bundle
 
 
-def global_batch(cfg: RunConfig) -> int:
-    """Samples per optimizer step over all ranks: micro batch x ranks x accumulation."""
-    return cfg.data.micro_batch_size * world_size(cfg) * cfg.trainer.accumulate_grad_batches
-
-
 def build_stream(cfg: RunConfig, bundle: DataBundle) -> tuple[CurriculumStream, int]:
     """The compiled curriculum stream over the training table, and the number of steps this run trains."""
     schedule = compile_schedule(cfg, bundle.group_names, bundle.train_report.groups)
     lengths = bundle.train.approx_length() if schedule.length_grouping else None
-    stream = CurriculumStream(schedule, bundle.train.group_indices(), global_batch(cfg), cfg.seed, lengths)
+    stream = CurriculumStream(schedule, bundle.train.group_indices(), cfg.global_batch(), cfg.seed, lengths)
     return stream, cfg.trainer.max_steps or schedule.total_steps
 
 
@@ -113,12 +105,12 @@ def _probe_records(bundle: DataBundle) -> list[dict]:
     return [bundle.train[int(rows[0])] for rows in bundle.train.group_indices().values() if len(rows)]
 
 
-def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts) -> pl.Trainer:
+def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int | None = None) -> pl.Trainer:
     """A Lightning Trainer writing metrics.csv and checkpoints into the run folder."""
     t = cfg.trainer
     loggers = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=run_dir, name="", version=""))
+        loggers.append(RunCSVLogger(run_dir, resume_step))
     if cfg.logger.tensorboard:
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -130,6 +122,7 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts) -> pl.Trainer:
         strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
     val_every = t.val_every_n_steps or parts.run_steps
     checkpoints = os.path.join(run_dir, "checkpoints")
+    os.makedirs(checkpoints, exist_ok=True)
     return pl.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -147,10 +140,13 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts) -> pl.Trainer:
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         logger=loggers or False,
+        enable_checkpointing=False,  # RunCheckpoints writes them
         callbacks=[
-            ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0),
-            StageCheckpoint(parts.stream.schedule, checkpoints),
+            RunCheckpoints(
+                parts.stream.schedule, checkpoints, cfg.checkpoint.every_n_steps, val_every if parts.bundle.val else None, parts.run_steps
+            )
         ],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.enable_progress_bar,
         # The global-stream sampler shards across ranks itself.
         use_distributed_sampler=False,
@@ -159,15 +155,35 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts) -> pl.Trainer:
     )
 
 
-def train(cfg: RunConfig, run_dir: str) -> str:
-    """Run a whole training job in `run_dir` and return the run folder."""
+def write_status(run_dir: str, status: str, reason: str | None = None) -> None:
+    """status.json: running, completed or failed (with the first line of the reason)."""
+    path = os.path.join(run_dir, "status.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"status": status, "reason": reason}, f)
+    os.replace(path + ".tmp", path)
+
+
+def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> str:
+    """Run (or, with cfg.resume, continue) a training job in `run_dir` and return the run folder."""
+    resumed = prepare_resume(cfg, run_dir, overrides or []) if cfg.resume else None
+    if resumed:
+        cfg = resumed.cfg
+        log.info("resuming %s at step %d%s", run_dir, resumed.step, "; changes: " + ", ".join(resumed.changes) if resumed.changes else "")
     pl.seed_everything(cfg.seed, workers=True)
     parts = build_parts(cfg, run_dir)
-    write_plan(parts.plan, run_dir)
-    plot_plan(parts.stream, parts.run_steps, os.path.join(run_dir, "plan.png"))
-    trainer = build_trainer(cfg, run_dir, parts)
-    trainer.fit(parts.module, datamodule=parts.datamodule)
-    if cfg.export.enabled and trainer.is_global_zero:
-        kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)
-        log.info("exported %s to %s", kind, os.path.join(run_dir, "export"))
+    trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
+    if trainer.is_global_zero:
+        write_status(run_dir, "running")
+        write_plan(parts.plan, run_dir)
+        plot_plan(parts.stream, parts.run_steps, os.path.join(run_dir, "plan.png"))
+        if resumed:
+            record_resume(resumed)
+        else:
+            OmegaConf.save(OmegaConf.structured(cfg), os.path.join(run_dir, RUN_CONFIG))
+    trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=resumed.checkpoint if resumed else None)
+    if trainer.is_global_zero:
+        if cfg.export.enabled:
+            kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)
+            log.info("exported %s to %s", kind, os.path.join(run_dir, "export"))
+        write_status(run_dir, "completed")
     return run_dir

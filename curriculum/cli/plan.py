@@ -14,7 +14,7 @@ from curriculum.plan import build_plan, plot_plan, print_plan, write_plan
 from curriculum.recipe import build_stream
 
 
-def _task(cfg: RunConfig, run_dir: str) -> None:
+def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     # Read everything even in error mode, so the report lists every invalid record at once.
     bundle = load_data(cfg, on_invalid="skip")
     stream, run_steps = build_stream(cfg, bundle)

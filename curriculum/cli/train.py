@@ -1,23 +1,52 @@
-"""`curriculum-train [overrides]`: train on the configured data and model, in one run folder."""
+"""`curriculum-train [overrides]`: train on the configured data, model and curriculum, in one run folder.
+
+`curriculum-train resume=<run folder>` (or `resume=latest`) continues a run in its own folder.
+"""
 
 from __future__ import annotations
+
+import os
+import sys
+import time
 
 from omegaconf import DictConfig
 
 from curriculum.cli.common import hydra_main, run_task
-from curriculum.config import RunConfig
-from curriculum.recipe import train
+from curriculum.config import ConfigError, RunConfig
+from curriculum.recipe import train, write_status
+from curriculum.resume import find_run
 
 
-def _task(cfg: RunConfig, run_dir: str) -> None:
-    train(cfg, run_dir)
+def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
+    train(cfg, run_dir, overrides)
     print(f"run folder: {run_dir}")
 
 
+def resume_args(args: list[str]) -> list[str]:
+    """With resume=..., run Hydra in that run's folder and keep this invocation's config beside the original."""
+    spec = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if spec in (None, "null", "None"):
+        return args
+    root = next((a.split("=", 1)[1] for a in args if a.startswith("paths.output_root=")), "outputs")
+    run = find_run(spec, root)
+    args = [f"resume={run}" if a.startswith("resume=") else a for a in args]
+    return args + [f"hydra.run.dir={run}", f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d-%H%M%S')}"]
+
+
 @hydra_main
-def main(raw: DictConfig) -> None:
+def _main(raw: DictConfig) -> None:
+    run_task(raw, _task, on_failure=lambda run_dir, reason: os.path.isdir(run_dir) and write_status(run_dir, "failed", reason))
+
+
+def main() -> None:
     """Console script entry point."""
-    run_task(raw, _task)
+    try:
+        sys.argv[1:] = resume_args(sys.argv[1:])
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    _main()
+
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
+import random
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,8 @@ class VLMModule(pl.LightningModule):
         self._drawn = torch.zeros(len(self.group_names), dtype=torch.float64)
         # Cumulative samples drawn per group over all ranks, and samples skipped; saved in checkpoints.
         self.drawn_total = torch.zeros(len(self.group_names), dtype=torch.float64)
-        self.skipped_total = 0
+        self.skipped_total = 0.0
+        self._skipped = 0.0
 
     # ---- forward and loss -------------------------------------------------------------------
 
@@ -110,46 +112,70 @@ class VLMModule(pl.LightningModule):
         drawn = torch.bincount(batch["drawn_group_ids"], minlength=len(self.group_names)).double()
         self._drawn = self._drawn.to(self.device) + drawn
         self._record_skipped(batch.get("skipped", []))
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            # Written before checkpoint callbacks run, so a checkpoint never precedes its step's row.
+            self._log_step(self.global_step)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % self.trainer.accumulate_grad_batches:
-            return
+    def _log_step(self, step: int) -> None:
         sums = self._reduce(self._train_sums)
         self._train_sums = torch.zeros_like(self._train_sums)
         self.drawn_total = self.drawn_total.to(self.device) + self._reduce(self._drawn)
         self._drawn = torch.zeros_like(self._drawn)
-        skipped = self._reduce(torch.tensor([float(self.skipped_total)], device=self.device))
-        step = self.global_step - 1  # the optimizer step that just finished
+        self.skipped_total += float(self._reduce(torch.tensor([self._skipped], dtype=torch.float64))[0])
+        self._skipped = 0.0
         metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum()), "stage": float(self.schedule.stage_at(step).index)}
         for name, frac in self.schedule.mix_at(step).items():
             metrics[f"mix/{name}"] = frac
         for g, name in enumerate(self.group_names):
             metrics[f"samples/{name}"] = float(self.drawn_total[g])
-        for g, name in enumerate(self.group_names):
             if sums[g, 1] > 0:  # a group absent from this step leaves its loss cell empty
                 metrics[f"train/loss_{name}"] = _ratio(sums[g, 0], sums[g, 1])
             metrics[f"train/tokens_{name}"] = float(sums[g, 1])
-        metrics["train/skipped"] = float(skipped[0])
-        # The rate this step used (the scheduler has already moved on to the next step's).
+        metrics["train/skipped"] = self.skipped_total
         for comp in {g["component"] for g in self.trainer.optimizers[0].param_groups}:
             metrics[f"lr/{comp}"] = self.optim.lr * self.lr_factor(step, comp)
-        shown = {k for k in metrics if k.startswith("train/loss_")}
-        for k, v in metrics.items():
-            self.log(k, v, on_step=True, on_epoch=False, prog_bar=k in shown, rank_zero_only=True)
+        self._write(metrics, step, shown=[k for k in metrics if k.startswith("train/loss_")])
+
+    def _write(self, metrics: dict, step: int, shown: list[str]) -> None:
+        """One row per step straight to the loggers (and the progress bar), flushed at once."""
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=step)
+                logger.save()
+        for k in shown:
+            self.log(k, metrics[k], prog_bar=True, logger=False, rank_zero_only=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["curriculum"] = {"drawn_total": self.drawn_total.tolist(), "skipped_total": self.skipped_total}
+        checkpoint["curriculum"] = {
+            "drawn_total": self.drawn_total.tolist(),
+            "skipped_total": self.skipped_total,
+            # Plain containers and tensors only, so Lightning's weights_only loading accepts them.
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": _numpy_state(),
+                "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("curriculum", {})
-        self.drawn_total = torch.tensor(state.get("drawn_total", [0.0] * len(self.group_names)), dtype=torch.float64)
-        self.skipped_total = state.get("skipped_total", 0)
+        state = checkpoint["curriculum"]
+        self.drawn_total = torch.tensor(state["drawn_total"], dtype=torch.float64)
+        self.skipped_total = state["skipped_total"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        kind, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, state, gauss = rng["python"]
+        random.setstate((version, tuple(state), gauss))
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def _record_skipped(self, skipped: list[dict]) -> None:
         if not skipped:
             return
-        self.skipped_total += len(skipped)
+        self._skipped += len(skipped)
         if self.skipped_log:
             with open(self.skipped_log, "a", encoding="utf-8") as f:
                 for s in skipped:
@@ -166,10 +192,12 @@ class VLMModule(pl.LightningModule):
         self._val_sums = torch.zeros_like(self._val_sums)
         if self.trainer.sanity_checking:
             return
-        self.log("val/loss", _ratio(sums[:, 0].sum(), sums[:, 1].sum()), rank_zero_only=True)
+        metrics = {"val/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
         for g, name in enumerate(self.group_names):
             if sums[g, 1] > 0:
-                self.log(f"val/loss_{name}", _ratio(sums[g, 0], sums[g, 1]), rank_zero_only=True)
+                metrics[f"val/loss_{name}"] = _ratio(sums[g, 0], sums[g, 1])
+        # Logged at the step whose training preceded this validation, before any checkpoint of it.
+        self._write(metrics, self.global_step - 1, shown=[])
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device)
@@ -228,6 +256,11 @@ def freeze_unused_parameters(module: VLMModule, probe_batch: dict) -> list[str]:
             p.requires_grad_(False)
         p.grad = None
     return unused
+
+
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> float:

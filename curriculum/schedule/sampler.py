@@ -66,7 +66,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return np.arange(base, base + self.micro_batch, dtype=np.int64)
 
     def __len__(self) -> int:
-        return max(0, self.total_steps - self.start_step) * self.accumulate
+        # The whole run, also when resuming: Lightning's restored batch counter continues from
+        # start_step, and its epoch length must still end at the last step.
+        return self.total_steps * self.accumulate
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_step, self.total_steps):

@@ -1,0 +1,101 @@
+"""`curriculum-report <folder>`: report.png for a run folder; summary.csv/.md/.png (+ each report.png) for a multirun."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from curriculum.report import (
+    differing_overrides,
+    format_cell,
+    job_dirs,
+    read_overrides,
+    summarize,
+    write_run_report,
+    write_summary,
+)
+
+STATUS_STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
+
+
+def summary_table(rows: list[dict], overrides: list[list[str]], compact: bool = False) -> Table:
+    """The summary rows as a rich table: overrides that differ between runs, floats with 4 decimals.
+
+    compact folds the number columns' headers to the numbers' width (for narrow terminals).
+    """
+    differ, common = differing_overrides(overrides)
+    # A reason column only when some run has one.
+    cols = [c for c in dict.fromkeys(k for r in rows for k in r) if c != "reason" or any(r.get(c) for r in rows)]
+    table = Table(title="multirun summary", box=box.SIMPLE_HEAVY, caption=("common overrides: " + " ".join(common)) if common else None)
+    columns = []
+    for c in cols:
+        kind, _, group = c.partition(" val/loss_")
+        cells = differ if c == "overrides" else [format_cell(r.get(c)) for r in rows]
+        numeric, width = bool(group) or c == "steps_done", max([len(x) for x in cells] + [1])
+        table.add_column(
+            f"{group} {kind} val" if group else c.replace("steps_done", "steps"),
+            justify="right" if numeric else "left",
+            overflow="fold",
+            min_width=None if numeric else min(width, 16),
+            max_width=max(width, 5) if numeric and compact else None,
+        )
+        if c == "status":
+            cells = [f"[{STATUS_STYLE.get(x, 'white')}]{x}[/]" for x in cells]
+        columns.append(cells)
+    for cells in zip(*columns):
+        table.add_row(*cells)
+    return table
+
+
+def report_multirun(folder: str, console: Console) -> None:
+    """Write the summary files and every job's report.png; print the table and the paths."""
+    paths = write_summary(folder)
+    for job in job_dirs(folder):
+        if os.path.isfile(os.path.join(job, "metrics.csv")):
+            console.print(f"report: {write_run_report(job)}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"report: {job} skipped (no metrics.csv)", highlight=False, soft_wrap=True)
+    rows = summarize(folder)
+    overrides = [read_overrides(os.path.join(folder, r["run"])) for r in rows]
+    table = summary_table(rows, overrides)
+    wide = Measurement.get(console, console.options.update(max_width=240), table).maximum
+    if not console.is_terminal:  # a log file or pipe: no need to fold the table to 80 columns
+        console.width = max(console.width, wide)
+    elif wide > console.width:
+        table = summary_table(rows, overrides, compact=True)
+    console.print(table)
+    for kind, path in paths.items():
+        console.print(f"summary {kind}: {path}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script entry point."""
+    parser = argparse.ArgumentParser(
+        prog="curriculum-report",
+        description="Plot a run folder (report.png) or summarise a Hydra multirun folder (summary.csv/.md/.png).",
+    )
+    parser.add_argument("folder", help="a run folder (has metrics.csv) or a multirun folder (has job folders 0/, 1/, ...)")
+    args = parser.parse_args(argv)
+    folder = args.folder
+    console = Console()
+    if os.path.isfile(os.path.join(folder, "metrics.csv")):
+        console.print(f"report: {write_run_report(folder)}", highlight=False, soft_wrap=True)
+    elif os.path.isdir(folder) and job_dirs(folder):
+        report_multirun(folder, console)
+    else:
+        print(
+            f"error: {folder} is neither a run folder (with metrics.csv) nor a multirun folder "
+            "(with numbered job folders 0/, 1/, ...)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

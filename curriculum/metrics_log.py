@@ -1,0 +1,98 @@
+"""metrics.csv at the run folder's root: one row per logged step, safe to resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
+
+FILE = "metrics.csv"
+
+
+def read_rows(path: str) -> list[dict]:
+    """Rows of a metrics file; a torn last line (a kill mid-write) is dropped."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = []
+        for row in reader:
+            if None in row or any(v is None for v in row.values()) or not _is_int(row.get("step")):
+                continue
+            rows.append(row)
+    return rows
+
+
+def _is_int(value) -> bool:
+    try:
+        int(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+class RunCSVLogger(Logger):
+    """CSV logger that appends a flushed line per row and, on resume, keeps only rows before `resume_step`."""
+
+    def __init__(self, run_dir: str, resume_step: int | None = None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, FILE)
+        rows = read_rows(self.path) if resume_step is not None else []
+        # Rows the killed process logged after its last checkpoint are replaced, not repeated.
+        self._rows = [r for r in rows if int(r["step"]) < (resume_step or 0)]
+        self._keys = list(rows[0].keys()) if rows else ["step"]
+        if rank_zero_only.rank == 0:
+            os.makedirs(run_dir, exist_ok=True)
+            self._rewrite()
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def log_dir(self) -> str:
+        return self.run_dir
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        return self
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """The resolved config lives in .hydra/; nothing to add here."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        row = {"step": str(step if step is not None else len(self._rows))}
+        row.update({k: _fmt(v) for k, v in metrics.items()})
+        self._rows.append(row)
+        new = sorted(set(row) - set(self._keys))
+        if new:
+            self._keys += new
+            self._rewrite()
+            return
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=self._keys).writerow(row)
+
+    def _rewrite(self) -> None:
+        # A new column means a new header: write a complete file aside, then swap it in.
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self._keys, restval="")
+            writer.writeheader()
+            writer.writerows(self._rows)
+        os.replace(tmp, self.path)
+
+
+def _fmt(value) -> str:
+    value = float(value.item() if hasattr(value, "item") else value)
+    return "" if math.isnan(value) else repr(value)

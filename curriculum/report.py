@@ -1,0 +1,361 @@
+"""Reports over run folders: report.png per run; summary.csv / summary.md / summary.png per multirun.
+
+A run folder holds metrics.csv (Lightning CSV logger), plan.json, .hydra/overrides.yaml and
+status.json; a multirun folder holds numbered job folders 0/, 1/, ... that are run folders.
+Everything here only reads those files and writes the report files next to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import textwrap
+
+import numpy as np
+import yaml
+
+GROUP_PREFIXES = ("train/loss_", "val/loss_", "train/tokens_", "mix/", "samples/")
+Rows = list[dict[str, float]]
+
+
+# ---- reading a run folder -------------------------------------------------------------------
+
+
+def _float(text: str | None) -> float | None:
+    """A CSV cell as a float; None when empty or unreadable (a partially written row)."""
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def read_metrics(run_dir: str) -> Rows:
+    """metrics.csv rows as {column: float}, empty cells left out; a torn row (killed mid-write) is dropped."""
+    path = os.path.join(run_dir, "metrics.csv")
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        whole = [r for r in csv.DictReader(f) if None not in r and None not in r.values()]
+    rows = [{k: v for k, c in r.items() if (v := _float(c)) is not None} for r in whole]
+    return [r for r in rows if "step" in r]
+
+
+def read_json(path: str) -> dict:
+    """A JSON object file; {} when missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def read_status(run_dir: str) -> dict:
+    """status.json as {status, reason, step}; a run without one is failed (no metrics) or running."""
+    data = read_json(os.path.join(run_dir, "status.json"))
+    if data.get("status"):
+        return {"status": data["status"], "reason": data.get("reason"), "step": data.get("step")}
+    if not os.path.isfile(os.path.join(run_dir, "metrics.csv")):
+        return {"status": "failed", "reason": "no status.json", "step": None}
+    return {"status": "running", "reason": None, "step": None}
+
+
+def read_overrides(run_dir: str) -> list[str]:
+    """The job's command-line overrides (.hydra/overrides.yaml) without hydra.* ones."""
+    try:
+        with open(os.path.join(run_dir, ".hydra", "overrides.yaml"), encoding="utf-8") as f:
+            items = yaml.safe_load(f) or []
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in items if not str(o).lstrip("+~").startswith("hydra.")]
+
+
+def groups_of(rows: Rows, plan: dict | None = None) -> list[str]:
+    """Group names: plan.json's order first, then as found in per-group column names."""
+    found = list((plan or {}).get("groups", {}))
+    for r in rows:
+        for key in r:
+            for prefix in GROUP_PREFIXES:
+                if key.startswith(prefix) and key[len(prefix):] and key[len(prefix):] not in found:
+                    found.append(key[len(prefix):])
+    return found
+
+
+def series(rows: Rows, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of the rows where `column` is set."""
+    pts = [(r["step"], r[column]) for r in rows if column in r]
+    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
+def steps_done(rows: Rows) -> int:
+    """Optimizer steps logged: max training step + 1, 0 if none."""
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    return int(max(steps)) + 1 if steps else 0
+
+
+def stage_starts(plan: dict, rows: Rows) -> list[tuple[int, str]]:
+    """(start step, name) per stage from plan.json; else from changes of the logged `stage` column."""
+    stages = [(int(s["start_step"]), str(s.get("name", f"stage {i}"))) for i, s in enumerate(plan.get("stages", []))]
+    if stages:
+        return stages
+    out, last = [], None
+    for r in rows:
+        if "stage" in r and r["stage"] != last:
+            last = r["stage"]
+            out.append((int(r["step"]), f"stage {int(last)}"))
+    return out
+
+
+# ---- plotting helpers -----------------------------------------------------------------------
+
+
+def _smooth(x: np.ndarray, y: np.ndarray, starts: list[int]) -> np.ndarray:
+    """Centred moving average within each stage (no blur across a boundary); short runs unsmoothed."""
+    out = y.copy()
+    edges = sorted({s for s in starts if s > 0})
+    seg = np.searchsorted(edges, x, side="right")
+    for k in np.unique(seg):
+        idx = np.flatnonzero(seg == k)
+        w = 2 * (len(idx) // 40) + 1
+        if w > 1:
+            kern = np.ones(w)
+            out[idx] = np.convolve(y[idx], kern, "same") / np.convolve(np.ones(len(idx)), kern, "same")
+    return out
+
+
+def _colors(groups: list[str]) -> dict[str, str]:
+    """A fixed colour per group, shared by every panel."""
+    return {g: f"C{i % 10}" for i, g in enumerate(groups)}
+
+
+def _mark_stages(ax, starts: list[tuple[int, str]], label: bool = True) -> None:
+    """Dashed vertical lines at stage starts, labelled with the stage name at the top of the axes."""
+    for step, name in starts:
+        ax.axvline(step, color="0.3", lw=1, ls="--", zorder=1)
+        if label:
+            ax.text(step, 0.98, f" {name}", transform=ax.get_xaxis_transform(), fontsize=9, va="top",
+                    ha="left", color="0.2", bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.7))
+
+
+def _finish_axes(ax, last: int) -> None:
+    """Integer step ticks over [0, last], a grid, and headroom at the top for the stage labels."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, last)
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(lo, hi + 0.1 * (hi - lo))
+
+
+def _empty(ax, text: str) -> None:
+    """A centred note in an axes that has nothing to plot."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=11, color="0.4")
+
+
+def _figure(**kw):
+    """A matplotlib Figure without pyplot's global state (saved through the Agg canvas)."""
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **kw)
+
+
+# ---- one run --------------------------------------------------------------------------------
+
+
+def write_run_report(run_dir: str) -> str:
+    """Write <run>/report.png: per-group train/val loss and the target mix over steps, with stage boundaries."""
+    if not os.path.isfile(os.path.join(run_dir, "metrics.csv")):
+        raise FileNotFoundError(f"{run_dir} has no metrics.csv")
+    rows, plan, status = read_metrics(run_dir), read_json(os.path.join(run_dir, "plan.json")), read_status(run_dir)
+    groups, starts = groups_of(rows, plan), stage_starts(plan, rows)
+    colors, done = _colors(groups), steps_done(rows)
+    last = max([done, int(plan.get("steps") or 0), 1] + [int(r["step"]) + 1 for r in rows])
+
+    fig = _figure(figsize=(11, 7.5))
+    ax_loss, ax_mix = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
+    title = f"{os.path.basename(os.path.abspath(run_dir))}: {status['status']}, {done}/{plan.get('steps') or '?'} steps"
+    if status.get("reason"):
+        title += "\n" + textwrap.shorten(str(status["reason"]), 110)
+    fig.suptitle(title, fontsize=12)
+
+    plotted = smoothed = False
+    for g in groups:
+        x, y = series(rows, f"train/loss_{g}")
+        if len(x):
+            ax_loss.plot(x, y, color=colors[g], lw=0.8, alpha=0.35, marker="." if len(x) < 60 else None)
+            ys = _smooth(x, y, [s for s, _ in starts])
+            smoothed |= not np.array_equal(ys, y)
+            ax_loss.plot(x, ys, color=colors[g], lw=2, label=f"{g} train")
+            plotted = True
+        vx, vy = series(rows, f"val/loss_{g}")
+        if len(vx):
+            ax_loss.plot(vx, vy, color=colors[g], ls=":", lw=1.2, marker="o", ms=7, mec="black", mew=0.8,
+                         label=f"{g} validation")
+            plotted = True
+    if not plotted:
+        _empty(ax_loss, "no loss logged yet")
+    _mark_stages(ax_loss, starts)
+    how = "thin: every step, thick: moving average within a stage" if smoothed else "lines: every step"
+    ax_loss.set_title(f"Loss per group ({how}; dots: validation)", fontsize=10)
+    ax_loss.set_ylabel("loss (per token)")
+    _finish_axes(ax_loss, last)
+    if plotted:
+        ax_loss.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
+
+    mix = [(g, *series(rows, f"mix/{g}")) for g in groups]
+    mix = [(g, x, y) for g, x, y in mix if len(x)]
+    if mix:
+        # Align every group on the union of logged steps; a step runs from x to x + 1.
+        xs = np.unique(np.concatenate([x for _, x, _ in mix]))
+        ys = [np.interp(xs, x, y) for _, x, y in mix]
+        xs = np.append(xs, xs[-1] + 1)
+        ys = [np.append(y, y[-1]) for y in ys]
+        ax_mix.stackplot(xs, ys, labels=[g for g, _, _ in mix], colors=[colors[g] for g, _, _ in mix],
+                         alpha=0.75, step="post")
+        ax_mix.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
+    else:
+        _empty(ax_mix, "no mix logged")
+    _mark_stages(ax_mix, starts, label=False)
+    ax_mix.set_title("Target mix (fraction of each step's samples per group)", fontsize=10)
+    ax_mix.set_ylabel("fraction")
+    ax_mix.set_xlabel("optimizer step")
+    _finish_axes(ax_mix, last)
+    ax_mix.set_ylim(0, 1)
+
+    path = os.path.join(run_dir, "report.png")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# ---- a multirun -----------------------------------------------------------------------------
+
+
+def job_dirs(multirun_dir: str) -> list[str]:
+    """The numbered job folders of a multirun, by job number."""
+    names = [n for n in os.listdir(multirun_dir) if n.isdigit() and os.path.isdir(os.path.join(multirun_dir, n))]
+    return [os.path.join(multirun_dir, n) for n in sorted(names, key=int)]
+
+
+def _val_stats(rows: Rows, group: str) -> tuple[float | None, float | None]:
+    """(value at the last validation row, minimum) of val/loss_<group>; None when never logged."""
+    _, y = series(rows, f"val/loss_{group}")
+    if not len(y):
+        return None, None
+    finite = y[~np.isnan(y)]
+    return float(y[-1]), float(finite.min()) if len(finite) else None
+
+
+def summarize(multirun_dir: str) -> list[dict]:
+    """One row per job: run, overrides, status, reason, steps_done, final and best val/loss per group."""
+    jobs = [(d, read_metrics(d), read_json(os.path.join(d, "plan.json"))) for d in job_dirs(multirun_dir)]
+    groups: list[str] = []
+    for _, rows, plan in jobs:
+        groups += [g for g in groups_of(rows, plan) if g not in groups]
+    out = []
+    for d, rows, _ in jobs:
+        status = read_status(d)
+        row = {"run": os.path.basename(d), "overrides": " ".join(read_overrides(d)), "status": status["status"],
+               "reason": status["reason"], "steps_done": steps_done(rows)}
+        for g in groups:
+            row[f"final val/loss_{g}"], row[f"best val/loss_{g}"] = _val_stats(rows, g)
+        out.append(row)
+    return out
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    """Union of the rows' keys in first-seen order."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return cols or ["run", "overrides", "status", "reason", "steps_done"]
+
+
+def format_cell(value, digits: int = 4) -> str:
+    """A table cell: floats with `digits` decimals, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a GitHub markdown table (floats with 4 decimals)."""
+    cols = _columns(rows)
+    cell = lambda v: format_cell(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def differing_overrides(overrides: list[list[str]]) -> tuple[list[str], list[str]]:
+    """Per run, its overrides that not every run shares (joined by a space); and the shared ones."""
+    common = [o for o in overrides[0] if all(o in ov for ov in overrides)] if overrides else []
+    return [" ".join(o for o in ov if o not in common) for ov in overrides], common
+
+
+def plot_summary(multirun_dir: str, rows: list[dict], path: str) -> str:
+    """summary.png: validation loss per group over steps, one line per run, stage boundaries of a completed run."""
+    dirs = [os.path.join(multirun_dir, r["run"]) for r in rows]
+    metrics = [read_metrics(d) for d in dirs]
+    groups = [c[len("final val/loss_"):] for c in _columns(rows) if c.startswith("final val/loss_")]
+    groups = [g for g in groups if any(len(series(m, f"val/loss_{g}")[0]) for m in metrics)]
+    differ, common = differing_overrides([read_overrides(d) for d in dirs])
+    labels = [f"{r['run']}: {d or '(no differing overrides)'}" for r, d in zip(rows, differ)]
+    ref = next((d for d, r in zip(dirs, rows) if r["status"] == "completed"), dirs[0] if dirs else None)
+    plan = read_json(os.path.join(ref, "plan.json")) if ref else {}
+    starts = stage_starts(plan, read_metrics(ref)) if ref else []
+    last = max([int(plan.get("steps") or 0), 1] + [int(r["step"]) + 1 for m in metrics for r in m])
+
+    n = max(1, len(groups))
+    fig = _figure(figsize=(min(6.5 * n, 20), 5.2 + 0.28 * len(rows)))
+    axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)[0])
+    if not groups:
+        _empty(axes[0], "no validation rows in any run")
+    for ax, g in zip(axes, groups):
+        for i, (m, r) in enumerate(zip(metrics, rows)):
+            x, y = series(m, f"val/loss_{g}")
+            if len(x):
+                ax.plot(x, y, marker="o", ms=4, color=f"C{i % 10}", ls="-" if r["status"] == "completed" else "--")
+        _mark_stages(ax, starts)
+        ax.set_title(f"val/loss_{g}", fontsize=11)
+        ax.set_xlabel("optimizer step")
+        _finish_axes(ax, last)
+    axes[0].set_ylabel("validation loss (per token)")
+
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=f"C{i % 10}", marker="o", ms=4, ls="-" if r["status"] == "completed" else "--")
+               for i, r in enumerate(rows)]
+    notes = [[] if r["status"] == "completed" else [r["status"]] for r in rows]
+    for note, m in zip(notes, metrics):
+        note += [] if any(len(series(m, f"val/loss_{g}")[0]) for g in groups) else ["no validation rows"]
+    names = [lab + (f" ({', '.join(n)})" if n else "") for lab, n in zip(labels, notes)]
+    if rows:
+        fig.legend(handles, [textwrap.shorten(s, 150) for s in names], loc="outside lower center", ncols=1, fontsize=9,
+                   title="run: overrides that differ", title_fontsize=9)
+    title = f"Validation loss per group: {os.path.basename(os.path.abspath(multirun_dir))} ({len(rows)} runs)"
+    if common:
+        title += "\n" + textwrap.fill("common overrides: " + " ".join(common), 140)
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_summary(multirun_dir: str) -> dict[str, str]:
+    """Write summary.csv, summary.md and summary.png in the multirun folder; returns {kind: path}."""
+    rows = summarize(multirun_dir)
+    cols = _columns(rows)
+    paths = {k: os.path.join(multirun_dir, f"summary.{k}") for k in ("csv", "md", "png")}
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows([{c: "" if r.get(c) is None else r[c] for c in cols} for r in rows])
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write(markdown_table(rows))
+    plot_summary(multirun_dir, rows, paths["png"])
+    return paths

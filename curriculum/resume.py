@@ -1,0 +1,145 @@
+"""Resuming a run in its own folder: find it, rebuild its config, refuse changes to its past."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+
+from curriculum.config import ConfigError, RunConfig, validate
+from curriculum.schedule.stages import ramp_steps
+
+RUN_CONFIG = "run_config.yaml"
+CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "schedule", "hydra", "experiment"}
+# Keys that never change what the run has already done.
+FREE = ("logger.", "checkpoint.", "export.", "paths.", "data.num_workers", "data.val_micro_batch_size",
+        "trainer.enable_progress_bar", "trainer.val_every_n_steps", "trainer.limit_val_batches", "trainer.max_steps")
+# Keys that may change as long as the global batch (micro batch x ranks x accumulation) stays the same.
+LAYOUT = ("data.micro_batch_size", "trainer.accumulate_grad_batches", "trainer.devices", "trainer.num_nodes",
+          "trainer.strategy", "trainer.accelerator", "trainer.find_unused_parameters")
+
+
+@dataclass
+class Resume:
+    run_dir: str
+    cfg: RunConfig
+    step: int
+    checkpoint: str
+    changes: list[str]
+
+
+def find_run(spec: str, output_root: str) -> str:
+    """The run folder `spec` names, or the newest run folder under `output_root` for `latest`."""
+    if spec != "latest":
+        path = os.path.abspath(os.path.expanduser(spec))
+        if not os.path.isfile(os.path.join(path, ".hydra", "config.yaml")):
+            raise ConfigError(f"resume={spec} is not a run folder: {path}/.hydra/config.yaml does not exist.")
+        return path
+    found = glob.glob(os.path.join(output_root, "*", "*", ".hydra", "config.yaml"))
+    found += glob.glob(os.path.join(output_root, "multirun", "*", "*", "*", ".hydra", "config.yaml"))
+    if not found:
+        raise ConfigError(f"resume=latest found no run folder under {os.path.abspath(output_root)}.")
+    return os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime)))
+
+
+def saved_config(run_dir: str):
+    """The run's effective config: the last accepted resume's, else the one it started with."""
+    path = os.path.join(run_dir, RUN_CONFIG)
+    return OmegaConf.load(path if os.path.isfile(path) else os.path.join(run_dir, ".hydra", "config.yaml"))
+
+
+def apply_overrides(base, overrides: list[str]):
+    """Command-line overrides applied to a saved config (group choices cannot change on resume)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key == "resume" or key.startswith("hydra"):
+            continue
+        if key in CONFIG_GROUPS or o.is_sweep_override() or o.is_delete():
+            raise ConfigError(f"resume: `{o.input_line}` is not allowed when resuming: override single keys, e.g. trainer.max_steps=200.")
+        OmegaConf.update(cfg, key, o.value(), merge=True, force_add=True)
+    return cfg
+
+
+def checkpoint_step(path: str) -> int:
+    """Optimizer steps done in a checkpoint."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+
+
+def flatten(d, prefix: str = "") -> dict:
+    """{'a.b': value} for every leaf of a nested dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _stage_starts(cfg: RunConfig) -> dict[str, int]:
+    starts, at = {}, 0
+    for name, st in cfg.schedule.stages.items():
+        starts[name] = at
+        at += st.steps
+    return starts
+
+
+def refused_change(old: RunConfig, new: RunConfig, key: str, done: int) -> bool:
+    """True when changing `key` would change steps the run has already trained."""
+    if key.startswith(FREE) or key.startswith(LAYOUT) or key == "resume":
+        return False
+    if not key.startswith("schedule.stages."):
+        return True
+    name = key.split(".")[2]
+    old_starts, new_starts = _stage_starts(old), _stage_starts(new)
+    started = name in old_starts and old_starts[name] < done
+    if not started:
+        return name in new_starts and new_starts[name] < done
+    if key != f"schedule.stages.{name}.steps" or old_starts.get(name) != new_starts.get(name):
+        return True
+    # The current stage may grow or shrink its future, but not its past: the steps already done
+    # and the ramp's length (a ramp given as a fraction of the stage scales with it) must stay.
+    o, n = old.schedule.stages[name], new.schedule.stages[name]
+    return n.steps < done - old_starts[name] or ramp_steps(o) != ramp_steps(n)
+
+
+def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
+    """The config to continue with, the checkpoint and step to continue from, and the accepted changes."""
+    ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    if not os.path.isfile(ckpt):
+        raise ConfigError(f"resume={cfg.resume}: {ckpt} does not exist; the run stopped before its first checkpoint, start it again.")
+    base_raw = saved_config(run_dir)
+    old = validate(base_raw)
+    new_raw = apply_overrides(base_raw, overrides)
+    new = validate(new_raw)
+    done = checkpoint_step(ckpt)
+    a, b = flatten(OmegaConf.to_container(OmegaConf.structured(old))), flatten(OmegaConf.to_container(OmegaConf.structured(new)))
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    for key in changed:
+        if refused_change(old, new, key, done):
+            raise ConfigError(
+                f"resume: `{key}` cannot change when resuming at step {done} (was {a.get(key)!r}, now {b.get(key)!r}) because it "
+                "changes what the run already trained; start a new run for that."
+            )
+    if old.global_batch() != new.global_batch():
+        raise ConfigError(
+            f"resume: the global batch would change from {old.global_batch()} to {new.global_batch()} samples; keep "
+            "data.micro_batch_size x trainer.devices x trainer.num_nodes x trainer.accumulate_grad_batches equal."
+        )
+    new.resume = None
+    return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"])
+
+
+def record(resume: Resume) -> None:
+    """Write the effective config and append what changed to resumes.jsonl in the run folder."""
+    OmegaConf.save(OmegaConf.structured(resume.cfg), os.path.join(resume.run_dir, RUN_CONFIG))
+    with open(os.path.join(resume.run_dir, "resumes.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": resume.step, "changes": resume.changes}) + "\n")

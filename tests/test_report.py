@@ -1,0 +1,204 @@
+"""curriculum-report: per-run report.png and multirun summary.csv / summary.md / summary.png from fixture folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from curriculum.report import read_status, stage_starts, read_metrics, summarize, write_run_report, write_summary
+
+GROUPS = ("image_text", "text_only")
+ALIGN, BLEND = 15, 25  # steps per stage
+STEPS = ALIGN + BLEND
+
+# Validation losses per job: {step after which validation ran: (image_text, text_only)}.
+VAL = {
+    "0": {9: (3.0, 4.0), 19: (2.2, 3.9), 29: (2.5, 3.1), 39: (2.3, 3.3)},
+    "1": {9: (3.1, 4.1), 19: (2.6, 3.5), 29: (2.4, 2.9), 39: (2.45, 2.95)},
+}
+OVERRIDES = {
+    "0": ["schedule.stages.blend.mix.text_only=0.1", "seed=1", "hydra.run.dir=/somewhere"],
+    "1": ["schedule.stages.blend.mix.text_only=0.3", "seed=1"],
+    "2": ["schedule.stages.blend.mix.text_only=0.5", "seed=1"],
+}
+
+
+def mix_at(step: int, text_only: float) -> dict[str, float]:
+    """Target mix of the fixture schedule: align is image-text only, blend ramps text-only in over 5 steps."""
+    t = 0.0 if step < ALIGN else text_only * min(1.0, (step - ALIGN + 1) / 5)
+    return {"image_text": 1.0 - t, "text_only": t}
+
+
+def write_run(run: str, text_only: float, steps: int, val: dict, status: str | None, reason: str | None,
+              overrides: list[str], truncated_tail: bool = False) -> None:
+    """A run folder as curriculum-train writes it: metrics.csv, plan.json, .hydra/, status.json."""
+    os.makedirs(os.path.join(run, ".hydra"), exist_ok=True)
+    cols = sorted(["epoch", "lr/language", "lr/projector", "stage", "step", "train/loss", "train/skipped", "val/loss"]
+                  + [f"{p}{g}" for g in GROUPS for p in ("mix/", "samples/", "train/loss_", "train/tokens_", "val/loss_")])
+    rows, drawn = [], {g: 0.0 for g in GROUPS}
+    for s in range(steps):
+        mix = mix_at(s, text_only)
+        row = {"epoch": 0, "step": s, "stage": float(s >= ALIGN), "lr/language": 0.0 if s < ALIGN else 1e-4,
+               "lr/projector": 1e-4, "train/skipped": 0.0}
+        for g in GROUPS:
+            drawn[g] += 8 * mix[g]
+            row[f"mix/{g}"], row[f"samples/{g}"] = mix[g], drawn[g]
+            row[f"train/tokens_{g}"] = 60.0 * mix[g]
+            if mix[g] > 0:  # a group absent from a step leaves its loss cell empty
+                row[f"train/loss_{g}"] = (4.0 if g == "image_text" else 5.0) * math.exp(-s / 30) + 0.1 * math.sin(s)
+        row["train/loss"] = row["train/loss_image_text"]
+        rows.append(row)
+        if s in val:
+            v = val[s]
+            rows.append({"epoch": 0, "step": s, "val/loss": sum(v) / 2, "val/loss_image_text": v[0], "val/loss_text_only": v[1]})
+    with open(os.path.join(run, "metrics.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows([{k: repr(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows])
+        if truncated_tail:
+            f.write("0,0.0001,0.0001,0.5,0.")  # the process died while writing a row
+    stages = [
+        {"name": "align", "start_step": 0, "steps": ALIGN, "mix": mix_at(0, text_only)},
+        {"name": "blend", "start_step": ALIGN, "steps": BLEND, "mix": mix_at(STEPS - 1, text_only)},
+    ]
+    plan = {"groups": {"image_text": 1200, "text_only": 800}, "stages": stages, "global_batch": 8, "steps": STEPS}
+    with open(os.path.join(run, "plan.json"), "w") as f:
+        json.dump(plan, f)
+    with open(os.path.join(run, ".hydra", "overrides.yaml"), "w") as f:
+        f.write("".join(f"- {o}\n" for o in overrides))
+    with open(os.path.join(run, ".hydra", "config.yaml"), "w") as f:
+        f.write(f"seed: 1\nschedule:\n  stages:\n    blend:\n      mix:\n        text_only: {text_only}\n")
+    if status is not None:
+        with open(os.path.join(run, "status.json"), "w") as f:
+            json.dump({"status": status, "reason": reason, "step": steps}, f)
+
+
+@pytest.fixture
+def multirun(tmp_path) -> str:
+    """Three jobs: two completed with validation rows, one failed after 3 steps."""
+    root = str(tmp_path / "multirun")
+    write_run(os.path.join(root, "0"), 0.1, STEPS, VAL["0"], "completed", None, OVERRIDES["0"])
+    write_run(os.path.join(root, "1"), 0.3, STEPS, VAL["1"], "completed", None, OVERRIDES["1"])
+    write_run(os.path.join(root, "2"), 0.5, 3, {}, "failed", "RuntimeError: boom", OVERRIDES["2"], truncated_tail=True)
+    with open(os.path.join(root, "multirun.yaml"), "w") as f:
+        f.write("hydra:\n  mode: MULTIRUN\n")
+    return root
+
+
+def assert_png(path: str, min_size=(500, 350)) -> None:
+    """The file is a valid PNG image at least `min_size` pixels."""
+    assert os.path.isfile(path), path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1], im.size
+
+
+def test_summary_rows_and_files(multirun):
+    paths = write_summary(multirun)
+    assert paths == {k: os.path.join(multirun, f"summary.{k}") for k in ("csv", "md", "png")}
+    with open(paths["csv"], newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, list(reader)
+    assert header == ["run", "overrides", "status", "reason", "steps_done",
+                      "final val/loss_image_text", "best val/loss_image_text",
+                      "final val/loss_text_only", "best val/loss_text_only"]
+    expected = [
+        {"run": "0", "overrides": "schedule.stages.blend.mix.text_only=0.1 seed=1", "status": "completed",
+         "reason": "", "steps_done": "40", "final val/loss_image_text": 2.3, "best val/loss_image_text": 2.2,
+         "final val/loss_text_only": 3.3, "best val/loss_text_only": 3.1},
+        {"run": "1", "overrides": "schedule.stages.blend.mix.text_only=0.3 seed=1", "status": "completed",
+         "reason": "", "steps_done": "40", "final val/loss_image_text": 2.45, "best val/loss_image_text": 2.4,
+         "final val/loss_text_only": 2.95, "best val/loss_text_only": 2.9},
+        {"run": "2", "overrides": "schedule.stages.blend.mix.text_only=0.5 seed=1", "status": "failed",
+         "reason": "RuntimeError: boom", "steps_done": "3", "final val/loss_image_text": "",
+         "best val/loss_image_text": "", "final val/loss_text_only": "", "best val/loss_text_only": ""},
+    ]
+    got = [{k: float(v) if k.startswith(("final", "best")) and v else v for k, v in r.items()} for r in rows]
+    assert got == expected
+
+    md = open(paths["md"]).read()
+    assert md.splitlines()[0] == "| " + " | ".join(header) + " |"
+    assert "| 0 | schedule.stages.blend.mix.text_only=0.1 seed=1 | completed |  | 40 | 2.3000 | 2.2000 | 3.3000 | 3.1000 |" in md
+    assert "| 1 | schedule.stages.blend.mix.text_only=0.3 seed=1 | completed |  | 40 | 2.4500 | 2.4000 | 2.9500 | 2.9000 |" in md
+    assert "| 2 | schedule.stages.blend.mix.text_only=0.5 seed=1 | failed | RuntimeError: boom | 3 |  |  |  |  |" in md
+    assert_png(paths["png"])
+
+
+def test_summarize_returns_python_values(multirun):
+    rows = summarize(multirun)
+    assert [r["run"] for r in rows] == ["0", "1", "2"]
+    assert rows[0]["reason"] is None and rows[2]["best val/loss_text_only"] is None
+    assert rows[1]["best val/loss_text_only"] == 2.9 and rows[2]["steps_done"] == 3
+
+
+def test_run_report_for_completed_and_failed_runs(multirun):
+    for job in ("0", "1", "2"):
+        path = write_run_report(os.path.join(multirun, job))
+        assert path == os.path.join(multirun, job, "report.png")
+        assert_png(path)
+
+
+def test_run_report_without_plan_or_validation(tmp_path):
+    run = str(tmp_path / "run")
+    write_run(run, 0.3, STEPS, {}, None, None, [])
+    os.remove(os.path.join(run, "plan.json"))
+    # Stage boundaries fall back to the logged `stage` column.
+    assert stage_starts({}, read_metrics(run)) == [(0, "stage 0"), (ALIGN, "stage 1")]
+    assert_png(write_run_report(run))
+
+
+def test_status_without_status_json(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert read_status(str(run)) == {"status": "failed", "reason": "no status.json", "step": None}
+    (run / "metrics.csv").write_text("epoch,step,train/loss\n0,0,1.5\n")
+    assert read_status(str(run))["status"] == "running"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m curriculum.cli.report ARGS`, captured."""
+    return subprocess.run([sys.executable, "-m", "curriculum.cli.report", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_on_run_folder(multirun):
+    run = os.path.join(multirun, "1")
+    res = run_cli(run)
+    assert res.returncode == 0, res.stderr
+    assert os.path.join(run, "report.png") in res.stdout
+    assert_png(os.path.join(run, "report.png"))
+
+
+def test_cli_on_multirun_folder(multirun):
+    res = run_cli(multirun)
+    assert res.returncode == 0, res.stderr
+    for name in ("summary.csv", "summary.md", "summary.png"):
+        assert os.path.join(multirun, name) in res.stdout
+        assert os.path.isfile(os.path.join(multirun, name))
+    for job in ("0", "1", "2"):
+        assert os.path.join(multirun, job, "report.png") in res.stdout
+        assert_png(os.path.join(multirun, job, "report.png"))
+    # The table: differing overrides, statuses, the failure reason, numbers with 4 decimals.
+    for text in ("schedule.stages.blend.mix.text_only=0.3", "completed", "failed", "RuntimeError: boom", "2.4500",
+                 "common overrides: seed=1"):
+        assert text in res.stdout
+
+
+def test_cli_on_wrong_folder(tmp_path):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("hello")
+    res = run_cli(str(empty))
+    assert res.returncode == 2
+    assert str(empty) in res.stderr and "metrics.csv" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    missing = run_cli(str(tmp_path / "missing"))
+    assert missing.returncode == 2 and "missing" in missing.stderr
