@@ -215,6 +215,8 @@ class TrainerConfig:
 class LoggerConfig:
     csv: bool = True
     tensorboard: bool = False
+    # Write the ids of the samples each rank trains on to sample_ids/rank<r>.jsonl (audits data order).
+    sample_ids: bool = False
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from curriculum.schedule.stream import CurriculumStream
 log = logging.getLogger("curriculum")
 
 SHARDING_STRATEGIES = ("fsdp", "deepspeed")
+SAMPLE_IDS = "sample_ids"
 
 
 @dataclass
@@ -82,6 +84,7 @@ def build_parts(cfg: RunConfig, run_dir: str) -> Parts:
         run_steps,
         vision_dummy=vision_dummy_inputs(processor, model) if needs_vision_dummy(cfg) else None,
         skipped_log=os.path.join(run_dir, "skipped.jsonl"),
+        sample_id_dir=os.path.join(run_dir, SAMPLE_IDS) if cfg.logger.sample_ids else None,
     )
     unused = freeze_unused_parameters(module, collator(_probe_records(bundle)))
     if unused:
@@ -155,6 +158,25 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
     )
 
 
+def truncate_jsonl(paths: list[str], step: int) -> None:
+    """Drop entries of steps at or after `step` (written by a killed process after its checkpoint)."""
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            keep = [line for line in f if line.endswith("\n") and _step_of(line) < step]
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62
+
+
 def write_status(run_dir: str, status: str, reason: str | None = None) -> None:
     """status.json: running, completed or failed (with the first line of the reason)."""
     path = os.path.join(run_dir, "status.json")
@@ -178,8 +200,11 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
         plot_plan(parts.stream, parts.run_steps, os.path.join(run_dir, "plan.png"))
         if resumed:
             record_resume(resumed)
+            truncate_jsonl(glob.glob(os.path.join(run_dir, SAMPLE_IDS, "*.jsonl")) + [os.path.join(run_dir, "skipped.jsonl")], resumed.step)
         else:
             OmegaConf.save(OmegaConf.structured(cfg), os.path.join(run_dir, RUN_CONFIG))
+    if cfg.logger.sample_ids:
+        os.makedirs(os.path.join(run_dir, SAMPLE_IDS), exist_ok=True)
     trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=resumed.checkpoint if resumed else None)
     if trainer.is_global_zero:
         if cfg.export.enabled:

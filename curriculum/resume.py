@@ -108,7 +108,8 @@ def refused_change(old: RunConfig, new: RunConfig, key: str, done: int) -> bool:
     # The current stage may grow or shrink its future, but not its past: the steps already done
     # and the ramp's length (a ramp given as a fraction of the stage scales with it) must stay.
     o, n = old.schedule.stages[name], new.schedule.stages[name]
-    return n.steps < done - old_starts[name] or ramp_steps(o) != ramp_steps(n)
+    finished_before = old_starts[name] + o.steps < done
+    return finished_before or n.steps < done - old_starts[name] or ramp_steps(o) != ramp_steps(n)
 
 
 def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -34,13 +35,13 @@ def start(run, *extra) -> subprocess.Popen:
     )
 
 
-def kill_when(proc: subprocess.Popen, ready, delay: float = 0.0, timeout: float = 300) -> None:
-    """SIGKILL the process `delay` seconds after `ready()` first holds."""
+def kill_when(proc: subprocess.Popen, ready, delay: float = 0.0, poll: float = 0.002, timeout: float = 300) -> None:
+    """SIGKILL the process `delay` seconds after `ready()` first holds (checked every `poll` seconds)."""
     end = time.time() + timeout
     while not ready():
         assert proc.poll() is None, "the run ended before the kill point"
         assert time.time() < end, "kill point not reached"
-        time.sleep(0.002)
+        time.sleep(poll)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -77,13 +78,14 @@ def test_killed_run_resumes_to_identical_metrics(point, reference, tmp_path):
     run = tmp_path / "run"
     proc = start(run)
     ckpt_tmp = run / "checkpoints" / "last.ckpt.tmp"
-    ready, delay = {
-        "mid_stage": (train_rows_at_least(run, 7), 0.05),
-        "stage_boundary": (lambda: (run / "checkpoints" / "stage-align.ckpt").exists(), 0.0),
-        "mid_accumulation": (train_rows_at_least(run, 5), 0.0),
-        "during_checkpoint": (lambda: ckpt_tmp.exists() and (run / "checkpoints" / "last.ckpt").exists(), 0.0),
+    ready, delay, poll = {
+        "mid_stage": (train_rows_at_least(run, 7), 0.05, 0.002),
+        "stage_boundary": (lambda: (run / "checkpoints" / "stage-align.ckpt").exists(), 0.0, 0.002),
+        "mid_accumulation": (train_rows_at_least(run, 5), 0.0, 0.002),
+        # A checkpoint write lasts milliseconds: poll without sleeping to catch the temporary file.
+        "during_checkpoint": (lambda: ckpt_tmp.exists() and (run / "checkpoints" / "last.ckpt").exists(), 0.0, 0.0),
     }[point]
-    kill_when(proc, ready, delay)
+    kill_when(proc, ready, delay, poll)
     assert read_json(run / "status.json")["status"] == "running"
     run_cli("train", f"resume={run}")
     assert rows(run) == reference
@@ -116,3 +118,72 @@ def test_atomic_checkpoint_keeps_the_previous_file_when_a_save_dies(tmp_path, mo
         io.save_checkpoint({"global_step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["global_step"] == 1
+
+
+def global_order(run) -> list[str]:
+    """Sample ids in global position order, rebuilt from every rank's sample_ids log."""
+    entries = []
+    for path in sorted((run / "sample_ids").glob("rank*.jsonl")):
+        rank = int(path.stem[4:])
+        for line in path.read_text().splitlines():
+            e = json.loads(line)
+            entries.append((e["step"], e["micro_step"], rank, e["ids"]))
+    return [i for *_, ids in sorted(entries) for i in ids]
+
+
+@pytest.mark.slow
+def test_one_process_run_resumes_on_two_ddp_processes_in_the_same_global_order(tmp_path, cache_dir, shapes):
+    base = [
+        "schedule.stages.align.steps=2", "schedule.stages.blend.steps=4", "data.micro_batch_size=4",
+        "trainer.accumulate_grad_batches=2", "data.num_workers=0", "export.enabled=false",
+        "trainer.enable_progress_bar=false", "logger.sample_ids=true", "trainer.val_every_n_steps=0",
+    ]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    run_cli("train", *base, f"hydra.run.dir={ref}")
+    run_cli("train", *base, "trainer.max_steps=3", f"hydra.run.dir={run}")
+    # Same global batch of 8: 1 rank x micro 4 x accumulation 2, then 2 ranks x micro 2 x accumulation 2.
+    run_cli("train", f"resume={run}", "trainer.max_steps=null", "trainer.devices=2", "trainer.strategy=ddp",
+            "trainer.accelerator=cpu", "data.micro_batch_size=2")
+    assert (run / "sample_ids" / "rank1.jsonl").exists()
+    assert len(global_order(ref)) == 6 * 8
+    assert global_order(run) == global_order(ref)
+    assert "trainer.devices: 1 -> 2" in (run / "resumes.jsonl").read_text()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("seed=5", "seed"),
+        ("data.max_length=64", "data.max_length"),
+        ("schedule.stages.align.steps=3", "schedule.stages.align.steps"),
+        ("data.micro_batch_size=2", "global batch"),
+        ("schedule.stages.blend.ramp.shape=cosine", "schedule.stages.blend.ramp.shape"),
+    ],
+)
+def test_overrides_that_change_the_past_are_refused(override, key, finished_run):
+    proc = run_cli("train", f"resume={finished_run}", override, check=False)
+    assert proc.returncode == 1
+    message = proc.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: resume:") and key in message
+
+
+def test_changes_to_the_future_are_accepted_and_recorded(finished_run):
+    from curriculum.config import validate
+    from curriculum.resume import apply_overrides, prepare, saved_config
+
+    cfg = validate(apply_overrides(saved_config(finished_run), [f"resume={finished_run}"]))
+    cfg.resume = str(finished_run)
+    r = prepare(cfg, str(finished_run), ["schedule.stages.blend.steps=9", "+schedule.stages.extra.steps=3",
+                                         "+schedule.stages.extra.mix={text_only: 1.0}", "checkpoint.every_n_steps=1"])
+    assert r.step == 3 and r.cfg.schedule.stages["blend"].steps == 9 and "extra" in r.cfg.schedule.stages
+    assert any(c.startswith("checkpoint.every_n_steps") for c in r.changes)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir, shapes):
+    """A run stopped after 3 of its 6 steps (inside `blend`, whose ramp is already done)."""
+    run = tmp_path_factory.mktemp("finished")
+    run_cli("train", "schedule.stages.align.steps=2", "schedule.stages.blend.steps=4", "schedule.stages.blend.ramp.steps=1",
+            "schedule.stages.blend.ramp.fraction=null", "trainer.max_steps=3", "data.num_workers=0", "export.enabled=false", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run}")
+    return run

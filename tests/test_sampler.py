@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from curriculum.schedule.sampler import GlobalBatchSampler, permutation
+from curriculum.schedule.permute import permute
+from curriculum.schedule.sampler import GlobalBatchSampler
 
 
 def test_rank_positions_are_disjoint_and_cover_each_step():
@@ -22,12 +24,18 @@ def test_start_step_resumes_without_replay():
     assert resumed == full[4:]
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4097])
+def test_permute_is_a_bijection_of_every_size(n):
+    assert sorted(permute(np.arange(n), n, 0, "g", 0).tolist()) == list(range(n))
+
+
 def test_permutations_depend_on_seed_key_and_pass_only():
-    a = permutation(1, "text_only", 0, 50)
-    assert a.tolist() == permutation(1, "text_only", 0, 50).tolist()
-    assert a.tolist() != permutation(2, "text_only", 0, 50).tolist()
-    assert a.tolist() != permutation(1, "image_text", 0, 50).tolist()
-    assert a.tolist() != permutation(1, "text_only", 1, 50).tolist()
+    a = permute(np.arange(50), 50, 1, "text_only", 0)
+    assert a.tolist() == permute(np.arange(50), 50, 1, "text_only", 0).tolist()
+    assert a.tolist() != permute(np.arange(50), 50, 2, "text_only", 0).tolist()
+    assert a.tolist() != permute(np.arange(50), 50, 1, "image_text", 0).tolist()
+    assert a.tolist() != permute(np.arange(50), 50, 1, "text_only", 1).tolist()
+    assert permute(np.array([7, 3]), 50, 1, "text_only", 0).tolist() == [a[7], a[3]]
 
 
 def test_rank_outside_world_is_rejected():

@@ -25,12 +25,19 @@ def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
 def resume_args(args: list[str]) -> list[str]:
     """With resume=..., run Hydra in that run's folder and keep this invocation's config beside the original."""
     spec = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    if spec in (None, "null", "None"):
+    if spec in (None, "null", "None") or os.environ.get("LOCAL_RANK", "0") != "0":
+        # DDP children started by Lightning already carry the parent's resolved arguments.
         return args
     root = next((a.split("=", 1)[1] for a in args if a.startswith("paths.output_root=")), "outputs")
     run = find_run(spec, root)
-    args = [f"resume={run}" if a.startswith("resume=") else a for a in args]
+    # The saved config is the base: its keys (e.g. stages the default config lacks) may be overridden.
+    args = [f"resume={run}" if a.startswith("resume=") else _force(a) for a in args]
     return args + [f"hydra.run.dir={run}", f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d-%H%M%S')}"]
+
+
+def _force(arg: str) -> str:
+    key = arg.split("=", 1)[0]
+    return f"++{arg}" if "=" in arg and "." in key and not key.startswith(("hydra.", "+", "~")) else arg
 
 
 @hydra_main

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -52,6 +53,7 @@ class VLMModule(pl.LightningModule):
         max_steps: int,
         vision_dummy: dict | None = None,
         skipped_log: str | None = None,
+        sample_id_dir: str | None = None,
     ):
         super().__init__()
         self.model = model
@@ -62,6 +64,7 @@ class VLMModule(pl.LightningModule):
         # Run the vision path on a tiny input when a micro-batch has no image, so every rank calls the same modules.
         self.vision_dummy = vision_dummy
         self.skipped_log = skipped_log
+        self.sample_id_dir = sample_id_dir
         self._train_sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64)
         self._val_sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64)
         self._drawn = torch.zeros(len(self.group_names), dtype=torch.float64)
@@ -112,6 +115,10 @@ class VLMModule(pl.LightningModule):
         drawn = torch.bincount(batch["drawn_group_ids"], minlength=len(self.group_names)).double()
         self._drawn = self._drawn.to(self.device) + drawn
         self._record_skipped(batch.get("skipped", []))
+        if self.sample_id_dir:
+            with open(os.path.join(self.sample_id_dir, f"rank{self.global_rank}.jsonl"), "a", encoding="utf-8") as f:
+                entry = {"step": self.global_step, "micro_step": batch_idx % self.trainer.accumulate_grad_batches, "ids": batch["sample_ids"]}
+                f.write(json.dumps(entry) + "\n")
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             # Written before checkpoint callbacks run, so a checkpoint never precedes its step's row.
             self._log_step(self.global_step)

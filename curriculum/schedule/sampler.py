@@ -8,27 +8,12 @@ maps an array of positions to record indices (a pure function) can drive it.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Callable, Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
 
 IndexStream = Callable[[np.ndarray], np.ndarray]
-
-
-def permutation(seed: int, key: str, pass_: int, n: int) -> np.ndarray:
-    """The seeded order of n items for (seed, key, pass); the same on every machine and rank."""
-    return _permutation(seed, key, pass_, n)
-
-
-@lru_cache(maxsize=16)
-def _permutation(seed: int, key: str, pass_: int, n: int) -> np.ndarray:
-    key_int = int.from_bytes(key.encode("utf-8")[:32].ljust(32, b"\0"), "little")
-    rng = np.random.Generator(np.random.PCG64([seed, key_int & (2**64 - 1), key_int >> 64 & (2**64 - 1), pass_]))
-    perm = rng.permutation(n)
-    perm.flags.writeable = False
-    return perm
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

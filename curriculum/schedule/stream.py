@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from curriculum.schedule.blend import StageBlend
-from curriculum.schedule.sampler import permutation
+from curriculum.schedule.permute import permute
 from curriculum.schedule.stages import Schedule
 
 
@@ -83,7 +83,7 @@ class CurriculumStream:
             picked = np.empty(int(sel.sum()), np.int64)
             for p in np.unique(passes):
                 here = passes == p
-                picked[here] = rows[permutation(self.seed, self.schedule.groups[g], int(p), len(rows))[offsets[here]]]
+                picked[here] = rows[permute(offsets[here], len(rows), self.seed, self.schedule.groups[g], int(p))]
             out[sel] = picked
         return out
 
