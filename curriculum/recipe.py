@@ -21,6 +21,7 @@ from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
 from curriculum.plan import build_plan, plot_plan, write_plan
+from curriculum.report import write_run_report
 from curriculum.resume import RUN_CONFIG
 from curriculum.resume import prepare as prepare_resume
 from curriculum.resume import record as record_resume
@@ -211,4 +212,5 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
             kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)
             log.info("exported %s to %s", kind, os.path.join(run_dir, "export"))
         write_status(run_dir, "completed")
+        log.info("report: %s", write_run_report(run_dir))
     return run_dir

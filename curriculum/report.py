@@ -16,6 +16,8 @@ import textwrap
 import numpy as np
 import yaml
 
+from curriculum.metrics_log import FILE, read_rows
+
 GROUP_PREFIXES = ("train/loss_", "val/loss_", "train/tokens_", "mix/", "samples/")
 Rows = list[dict[str, float]]
 
@@ -33,13 +35,8 @@ def _float(text: str | None) -> float | None:
 
 def read_metrics(run_dir: str) -> Rows:
     """metrics.csv rows as {column: float}, empty cells left out; a torn row (killed mid-write) is dropped."""
-    path = os.path.join(run_dir, "metrics.csv")
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        whole = [r for r in csv.DictReader(f) if None not in r and None not in r.values()]
-    rows = [{k: v for k, c in r.items() if (v := _float(c)) is not None} for r in whole]
-    return [r for r in rows if "step" in r]
+    whole = read_rows(os.path.join(run_dir, FILE))
+    return [{k: v for k, c in r.items() if (v := _float(c)) is not None} for r in whole]
 
 
 def read_json(path: str) -> dict:
