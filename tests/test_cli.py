@@ -119,3 +119,29 @@ def test_train_with_error_policy_stops_before_loading_the_model(mixed_files, tmp
     proc = run_cli("train", *data_overrides(files, val), f"hydra.run.dir={tmp_path}", check=False)
     assert proc.returncode == 1
     assert "error: 5 invalid record(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    proc = run_cli("train", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra")
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in proc.stdout
+    assert "partition: gpu" in proc.stdout and "tasks_per_node: 1" in proc.stdout
+
+
+@pytest.mark.slow
+def test_sweep_with_a_failing_job_goes_on_and_is_reported(cache_dir, shapes, tmp_path):
+    run_cli(
+        "train", "-m", "schedule.stages.blend.mix.text_only=0.0,1.5,0.4", "schedule.stages.align.steps=2",
+        "schedule.stages.blend.steps=4", "data.num_workers=0", "trainer.val_every_n_steps=2", "export.enabled=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    proc = run_cli("report", str(tmp_path))
+    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
+    assert rows[1]["reason"].startswith("ConfigError: schedule.stages.blend.mix")
+    assert [r["steps_done"] for r in rows] == ["6", "0", "6"]
+    for r in (rows[0], rows[2]):
+        assert float(r["final val/loss_text_only"]) >= float(r["best val/loss_text_only"]) > 0
+    assert "schedule.stages.blend.mix.text_only=0.4" in rows[2]["overrides"]
+    for name in ("summary.csv", "summary.md", "summary.png", "0/report.png", "2/report.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "failed" in proc.stdout
