@@ -17,8 +17,8 @@ from curriculum.data.collate import Collator
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule
 from curriculum.export import export_model
-from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.metrics_log import RunCSVLogger
+from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
 from curriculum.plan import build_plan, plot_plan, write_plan
 from curriculum.report import write_run_report

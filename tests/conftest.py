@@ -94,6 +94,14 @@ def run_cli(name: str, *overrides: str, cwd: str | None = None, check: bool = Tr
     return proc
 
 
+def write_jsonl(path, lines: list) -> str:
+    """Write JSONL; str items are written verbatim (to plant broken lines)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for item in lines:
+            f.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
+    return str(path)
+
+
 def read_json(path: str):
     """Load a JSON file."""
     with open(path, encoding="utf-8") as f:

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import write_jsonl
 from curriculum.data.formats import InvalidRecordError, detect_format, iter_file, iter_records, normalise
 
 
@@ -24,14 +25,6 @@ def folder(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         make_png(tmp_path / name)
     return tmp_path
-
-
-def write_jsonl(path, lines: list) -> str:
-    """Write JSONL; str items are written verbatim (to plant broken lines)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for item in lines:
-            f.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
-    return str(path)
 
 
 def write_json(path, records) -> str:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from conftest import write_jsonl
 from curriculum.data import records as records_module
 from curriculum.data.records import (
     SCHEMA,
@@ -27,13 +28,6 @@ def llava(id_, image=None, question="Q?", answer="A."):
     if image is not None:
         record["image"] = image
     return record
-
-
-def write_jsonl(path, lines: list) -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        for item in lines:
-            f.write((item if isinstance(item, str) else json.dumps(item)) + "\n")
-    return str(path)
 
 
 @pytest.fixture
