@@ -124,7 +124,8 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         from pytorch_lightning.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
-    val_every = t.val_every_n_steps or parts.run_steps
+    # A run shorter than the validation interval still validates once, at its end.
+    val_every = min(t.val_every_n_steps or parts.run_steps, parts.run_steps)
     checkpoints = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoints, exist_ok=True)
     return pl.Trainer(
