@@ -10,7 +10,6 @@ import json
 import os
 import sys
 
-import numpy as np
 import torch
 
 from curriculum.config import DataConfig, Mode, ModelConfig, PathsConfig, RunConfig, ScheduleConfig, StageConfig, StageTrainable, TrainableConfig, TrainerConfig
@@ -22,26 +21,20 @@ def main(out_dir: str, data_file: str) -> None:
         data=DataConfig(train_files=[data_file], micro_batch_size=2, num_workers=0),
         model=ModelConfig(trainable=TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full)),
         # The stage switch changes what trains without rebuilding the optimizer or the DDP reducer.
+        # Length grouping orders each global batch of 4 by group: rank 0 gets the 2 image-text
+        # samples, rank 1 the 2 text-only ones.
         schedule=ScheduleConfig(
+            length_grouping=True,
             stages={
                 "align": StageConfig(steps=1, mix={"image_text": 0.5, "text_only": 0.5}, trainable=StageTrainable(language=Mode.frozen)),
                 "blend": StageConfig(steps=2, mix={"image_text": 0.5, "text_only": 0.5}),
-            }
+            },
         ),
         trainer=TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", val_every_n_steps=0, enable_progress_bar=False),
         paths=PathsConfig(output_root=out_dir, cache_dir=os.environ["CURRICULUM_CACHE"]),
     )
     cfg.check()
     parts = build_parts(cfg, out_dir)
-    groups = parts.bundle.train.group_indices()
-    image_rows, text_rows = groups["image_text"], groups["text_only"]
-
-    # Positions 4k, 4k+1 go to rank 0 (images), 4k+2, 4k+3 to rank 1 (text only).
-    def stream(positions: np.ndarray) -> np.ndarray:
-        slot = positions % 4
-        return np.where(slot < 2, image_rows[(positions // 4 * 2 + slot) % len(image_rows)], text_rows[(positions // 4 * 2 + slot - 2) % len(text_rows)])
-
-    parts.datamodule.stream = stream
     seen: list[str] = []
     parts.module.on_train_batch_start = lambda batch, idx: seen.extend(batch["sample_ids"])
     initial = {n: p.detach().clone() for n, p in parts.module.model.named_parameters() if p.requires_grad}

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from conftest import REPO, read_json, run_cli
+from lightning_fabric.plugins.io import torch_io
+
 from curriculum.callbacks import AtomicCheckpointIO
 
 ARGS = [
@@ -108,12 +110,13 @@ def test_atomic_checkpoint_keeps_the_previous_file_when_a_save_dies(tmp_path, mo
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1}, path)
 
-    def dies(obj, f, *args, **kwargs):
-        with open(f, "wb") as out:
+    def dies(checkpoint, filepath):
+        # The process dies halfway through writing the file.
+        with open(filepath, "wb") as out:
             out.write(b"half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", dies)
+    monkeypatch.setattr(torch_io, "_atomic_save", dies)
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"global_step": 2}, path)
     monkeypatch.undo()
