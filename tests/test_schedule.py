@@ -9,7 +9,7 @@ from conftest import compiled
 from curriculum.config import ConfigError, RampConfig, RunConfig, ScheduleConfig, StageConfig, StageTrainable
 from curriculum.schedule.blend import StageBlend
 from curriculum.schedule.sampler import GlobalBatchSampler
-from curriculum.schedule.stages import UNITS, compile_schedule, quantise
+from curriculum.schedule.stages import UNITS, quantise
 from curriculum.schedule.stream import CurriculumStream
 
 GROUPS = ("image_text", "text_only")

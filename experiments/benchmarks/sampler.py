@@ -323,6 +323,7 @@ def _probe(variant: str, passes: int) -> tuple[float, float, float]:
     kept = draw(BIG_SIZES, inputs, passes)
     seconds = time.perf_counter() - t
     now, peak = rss_mb()  # `kept` is still alive here, so `now` counts what the sampler holds
+    del kept
     return now - before, peak - before, seconds
 
 
