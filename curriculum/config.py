@@ -196,7 +196,7 @@ class TrainerConfig:
     precision: str = "32-true"
     accumulate_grad_batches: int = 1
     gradient_clip_val: Optional[float] = 1.0
-    # Optimizer steps between validations (0, or a run shorter than this: once, at the end).
+    # Optimizer steps between validations; the run also validates at its end (0 = only there).
     val_every_n_steps: int = 40
     limit_val_batches: Optional[int] = None
     enable_progress_bar: bool = True

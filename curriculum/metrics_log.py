@@ -83,6 +83,10 @@ class RunCSVLogger(Logger):
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             csv.DictWriter(f, fieldnames=self._keys).writerow(row)
 
+    def has(self, step: int, key: str) -> bool:
+        """Whether a row of `step` already holds `key` (e.g. a validation the killed process finished)."""
+        return any(r.get("step") == str(step) and r.get(key, "") != "" for r in self._rows)
+
     def _rewrite(self) -> None:
         # A new column means a new header: write a complete file aside, then swap it in.
         tmp = self.path + ".tmp"

@@ -160,6 +160,15 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
     )
 
 
+def final_validation_due(cfg: RunConfig, parts: Parts, trainer: pl.Trainer) -> bool:
+    """The run ends between validation intervals and its last step has no validation row yet."""
+    every = cfg.trainer.val_every_n_steps
+    if not parts.bundle.val or not every or parts.run_steps % every == 0 or parts.run_steps <= every:
+        return False
+    logged = [lg for lg in trainer.loggers if isinstance(lg, RunCSVLogger)]
+    return not (logged and logged[0].has(parts.run_steps - 1, "val/loss"))
+
+
 def truncate_jsonl(paths: list[str], step: int) -> None:
     """Drop entries of steps at or after `step` (written by a killed process after its checkpoint)."""
     for path in paths:
@@ -208,6 +217,8 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
     if cfg.logger.sample_ids:
         os.makedirs(os.path.join(run_dir, SAMPLE_IDS), exist_ok=True)
     trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=resumed.checkpoint if resumed else None)
+    if final_validation_due(cfg, parts, trainer):
+        trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
     if trainer.is_global_zero:
         if cfg.export.enabled:
             kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)
