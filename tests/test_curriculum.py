@@ -10,14 +10,17 @@ import torch
 from conftest import read_json, run_cli
 from curriculum.model.components import component_of
 
-SHORT = ["schedule.stages.align.steps=4", "schedule.stages.blend.steps=6", "data.num_workers=0", "trainer.val_every_n_steps=5"]
+SHORT = ["schedule.stages.align.steps=4", "schedule.stages.blend.steps=6", "data.num_workers=0", "trainer.val_every_n_steps=4"]
 
 
 @pytest.mark.slow
 def test_default_curriculum_runs_align_then_blend(cache_dir, shapes, tmp_path):
     run_cli("train", *SHORT, f"hydra.run.dir={tmp_path}")
-    rows = [r for r in csv.DictReader(open(tmp_path / "metrics.csv")) if r["train/loss"]]
+    every = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    rows = [r for r in every if r["train/loss"]]
     assert [int(float(r["stage"])) for r in rows] == [0] * 4 + [1] * 6
+    # Every 4 steps, and once more at the end of the run.
+    assert [int(r["step"]) for r in every if r["val/loss"]] == [3, 7, 9]
     assert {float(r["mix/text_only"]) for r in rows[:4]} == {0.0}
     assert float(rows[-1]["mix/text_only"]) == pytest.approx(0.3)
     assert all(float(r["lr/language"]) == 0.0 for r in rows[:4]) and all(float(r["lr/language"]) > 0 for r in rows[4:])
