@@ -135,6 +135,9 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
             f"resume: the global batch would change from {old.global_batch()} to {new.global_batch()} samples; keep "
             "data.micro_batch_size x trainer.devices x trainer.num_nodes x trainer.accumulate_grad_batches equal."
         )
+    total = new.trainer.max_steps or sum(st.steps for st in new.schedule.stages.values())
+    if total < done:
+        raise ConfigError(f"resume: the run already trained {done} steps; the new config stops at step {total}, before that.")
     new.resume = None
     return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"])
 
