@@ -19,7 +19,7 @@ from curriculum.datamodule import CurriculumDataModule
 from curriculum.export import export_model
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
-from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
+from curriculum.model.module import VisionDummy, VLMModule, freeze_unused_parameters, vision_dummy_inputs
 from curriculum.plan import build_plan, plot_plan, write_plan
 from curriculum.report import write_run_report
 from curriculum.resume import RUN_CONFIG
@@ -45,11 +45,23 @@ class Parts:
     plan: dict
 
 
+def shards_parameters(cfg: RunConfig) -> bool:
+    """True when the strategy shards parameters, so every rank must run the same modules' forward."""
+    return any(s in cfg.trainer.strategy for s in SHARDING_STRATEGIES)
+
+
 def needs_vision_dummy(cfg: RunConfig) -> bool:
     """True when a micro-batch without images must still run the vision path (DDP / sharding safety)."""
     t = cfg.trained_modes()
-    trained = t.vision is not Mode.frozen or t.projector is not Mode.frozen
-    return trained or any(s in cfg.trainer.strategy for s in SHARDING_STRATEGIES)
+    return t.vision is not Mode.frozen or t.projector is not Mode.frozen or shards_parameters(cfg)
+
+
+def build_vision_dummy(cfg: RunConfig, processor, model) -> VisionDummy | None:
+    """The recipe's vision dummy: none when not needed, projector-only when the tower is frozen and unsharded."""
+    if not needs_vision_dummy(cfg):
+        return None
+    tower_frozen = cfg.trained_modes().vision is Mode.frozen and not shards_parameters(cfg)
+    return VisionDummy(vision_dummy_inputs(processor, model), tower_frozen)
 
 
 def load_checked_data(cfg: RunConfig) -> DataBundle:
@@ -83,7 +95,7 @@ def build_parts(cfg: RunConfig, run_dir: str) -> Parts:
         stream.schedule,
         cfg.optim,
         run_steps,
-        vision_dummy=vision_dummy_inputs(processor, model) if needs_vision_dummy(cfg) else None,
+        vision_dummy=build_vision_dummy(cfg, processor, model),
         skipped_log=os.path.join(run_dir, "skipped.jsonl"),
         sample_id_dir=os.path.join(run_dir, SAMPLE_IDS) if cfg.logger.sample_ids else None,
     )

@@ -1,6 +1,7 @@
 """2-process CPU DDP run where rank 0's micro-batches have images and rank 1's are text-only.
 
-Run as `python tests/ddp_worker.py OUT_DIR DATA_FILE`; Lightning relaunches it for rank 1.
+Run as `python tests/ddp_worker.py OUT_DIR DATA_FILE VISION_MODE`; Lightning relaunches it for rank 1.
+VISION_MODE (full or frozen) picks the full vision dummy or the projector-only one.
 Each rank saves its trained parameters and the sample ids it consumed into OUT_DIR.
 """
 
@@ -16,10 +17,10 @@ from curriculum.config import DataConfig, Mode, ModelConfig, PathsConfig, RunCon
 from curriculum.recipe import build_parts, build_trainer
 
 
-def main(out_dir: str, data_file: str) -> None:
+def main(out_dir: str, data_file: str, vision: str) -> None:
     cfg = RunConfig(
         data=DataConfig(train_files=[data_file], micro_batch_size=2, num_workers=0),
-        model=ModelConfig(trainable=TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full)),
+        model=ModelConfig(trainable=TrainableConfig(vision=Mode(vision), projector=Mode.full, language=Mode.full)),
         # The stage switch changes what trains without rebuilding the optimizer or the DDP reducer.
         # Length grouping orders each global batch of 4 by group: rank 0 gets the 2 image-text
         # samples, rank 1 the 2 text-only ones.
@@ -48,4 +49,4 @@ def main(out_dir: str, data_file: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

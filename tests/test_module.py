@@ -12,15 +12,17 @@ from curriculum.config import LoraConfig, Mode, ModelConfig, OptimConfig, Traina
 from curriculum.data.collate import Collator
 from curriculum.model.components import component_of
 from curriculum.model.load import load_model, load_processor
-from curriculum.model.module import VLMModule, freeze_unused_parameters, vision_dummy_inputs
+from curriculum.model.components import component_prefixes
+from curriculum.model.module import VisionDummy, VLMModule, freeze_unused_parameters, vision_dummy_inputs
 
 GROUPS = ["image_text", "text_only"]
 
 
-def module_for(path, trainable=None, peft=None, dummy=True):
+def module_for(path, trainable=None, peft=None, dummy=True, tower_frozen=False):
     processor = load_processor(path)
     model = load_model(ModelConfig(name_or_path=path, trainable=trainable or TrainableConfig(), peft=peft), path)
-    module = VLMModule(model, compiled(), OptimConfig(), 10, vision_dummy=vision_dummy_inputs(processor, model) if dummy else None)
+    vision_dummy = VisionDummy(vision_dummy_inputs(processor, model), tower_frozen) if dummy else None
+    module = VLMModule(model, compiled(), OptimConfig(), 10, vision_dummy=vision_dummy)
     return module, Collator(processor, GROUPS, 512, "error")
 
 
@@ -49,6 +51,26 @@ def test_text_only_batch_runs_the_vision_path_with_zero_weight(arch, tmp_path):
         grads = grads_of(module, comp)
         assert grads and all(g is not None for g in grads), comp
         assert all(float(g.abs().sum()) == 0.0 for g in grads), comp
+    with torch.no_grad():
+        plain, _ = module_for(arch, dummy=False)[0].group_losses(batch)
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_frozen_tower_dummy_runs_only_the_projector(arch):
+    module, collate = module_for(arch, TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.full), tower_frozen=True)
+    tower_calls = []
+    for name in component_prefixes(module.model)["vision"]:
+        module.model.get_submodule(name).register_forward_hook(lambda *_: tower_calls.append(1))
+    batch = collate([record("t", "Q?", "A.")])
+    module.group_losses(batch)  # the first call captures the tower's output for the dummy image
+    tower_calls.clear()
+    for p in module.model.parameters():
+        p.grad = None
+    loss, _ = module.group_losses(batch)
+    loss.backward()
+    assert tower_calls == []
+    grads = grads_of(module, "projector")
+    assert grads and all(g is not None and float(g.abs().sum()) == 0.0 for g in grads)
     with torch.no_grad():
         plain, _ = module_for(arch, dummy=False)[0].group_losses(batch)
     assert loss.item() == pytest.approx(plain.item(), rel=1e-5)

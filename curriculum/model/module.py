@@ -16,7 +16,7 @@ from PIL import Image
 
 from curriculum.config import COMPONENTS, Mode, OptimConfig
 from curriculum.data.collate import IGNORE_INDEX
-from curriculum.model.components import component_of
+from curriculum.model.components import component_of, component_prefixes
 from curriculum.schedule.stages import Schedule
 
 _NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")
@@ -29,6 +29,58 @@ def vision_dummy_inputs(processor, model) -> dict:
     pixels = dict(processor.image_processor(images=[Image.new("RGB", (size, size))], return_tensors="pt"))
     accepted = inspect.signature(model.get_image_features).parameters
     return {k: v for k, v in pixels.items() if k in accepted and isinstance(v, torch.Tensor)}
+
+
+class VisionDummy:
+    """Zero-weight pass over the vision path for a micro-batch without images.
+
+    Every trained vision/projector parameter then gets a (zero) gradient on every rank. With the
+    tower frozen and parameters not sharded, only the projector runs, on the tower's output for the
+    dummy image captured once: the frozen tower has no gradient to give and no collective to join.
+    """
+
+    def __init__(self, inputs: dict, tower_frozen: bool):
+        self.inputs = inputs
+        self.tower_frozen = tower_frozen
+        self._projector_calls: list | None = None
+        self._placed: tuple | None = None
+
+    def term(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """A zero scalar that depends on every trained parameter the vision path reaches."""
+        inputs = {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in self.inputs.items()}
+        if self.tower_frozen:
+            if self._placed != (device, dtype):
+                self._projector_calls = _projector_calls(model, inputs)
+                self._placed = (device, dtype)
+            if self._projector_calls:
+                out = [m(*args, **kwargs) for m, args, kwargs in self._projector_calls]
+                return _zero_sum(out)
+        return _zero_sum(model.get_image_features(**inputs))
+
+
+def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
+    """(module, args, kwargs) of each projector call while the vision path runs on `inputs`, detached."""
+    calls = []
+
+    def capture(module, args, kwargs):
+        calls.append((module, tuple(map(_detached, args)), {k: _detached(v) for k, v in kwargs.items()}))
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(capture, with_kwargs=True) for name in component_prefixes(model)["projector"]]
+    try:
+        with torch.no_grad():
+            model.get_image_features(**inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _detached(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+def _zero_sum(out) -> torch.Tensor:
+    return sum(t.float().sum() for t in _tensors(out) if t.requires_grad) * 0.0
 
 
 def _tensors(x):
@@ -51,7 +103,7 @@ class VLMModule(pl.LightningModule):
         schedule: Schedule,
         optim: OptimConfig,
         max_steps: int,
-        vision_dummy: dict | None = None,
+        vision_dummy: VisionDummy | None = None,
         skipped_log: str | None = None,
         sample_id_dir: str | None = None,
     ):
@@ -103,9 +155,7 @@ class VLMModule(pl.LightningModule):
         if self.vision_dummy is None:
             return torch.zeros((), device=self.device)
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
-        inputs = {k: v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device) for k, v in self.vision_dummy.items()}
-        out = self.model.get_image_features(**inputs)
-        return sum(t.float().sum() for t in _tensors(out) if t.requires_grad) * 0.0
+        return self.vision_dummy.term(self.model, self.device, dtype)
 
     # ---- training ---------------------------------------------------------------------------
 
