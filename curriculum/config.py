@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -218,6 +219,10 @@ class LoggerConfig:
     # Write the ids of the samples each rank trains on to sample_ids/rank<r>.jsonl (audits data order).
     sample_ids: bool = False
 
+    def check(self) -> None:
+        if self.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise ConfigError("logger.tensorboard=true needs the tensorboard package: pip install 'curriculum[tensorboard]'.")
+
 
 @dataclass
 class ExportConfig:
@@ -262,7 +267,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def check(self) -> None:
-        for part in (self.data, self.model, self.optim, self.trainer, self.export, self.checkpoint, self.schedule):
+        for part in (self.data, self.model, self.optim, self.trainer, self.logger, self.export, self.checkpoint, self.schedule):
             part.check()
         trained = self.trained_modes()
         lora = [c for c in COMPONENTS if getattr(trained, c) is Mode.lora]

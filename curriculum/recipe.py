@@ -130,7 +130,9 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
     if cfg.logger.tensorboard:
         from pytorch_lightning.loggers import TensorBoardLogger
 
-        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""))
+        # On resume, TensorBoard discards the events the killed process wrote at or after the checkpoint.
+        purge = {"purge_step": resume_step} if resume_step else {}
+        loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", **purge))
     strategy = t.strategy
     if strategy == "ddp":
         from pytorch_lightning.strategies import DDPStrategy

@@ -97,12 +97,23 @@ def test_killed_run_resumes_to_identical_metrics(point, reference, tmp_path):
 
 @pytest.mark.slow
 def test_resume_latest_picks_the_newest_run(reference, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     root = tmp_path / "outputs"
     run = root / "2026-01-01" / "00-00-00"
-    proc = start(run, f"paths.output_root={root}")
-    kill_when(proc, train_rows_at_least(run, 3))
+    proc = start(run, f"paths.output_root={root}", "logger=tensorboard")
+    kill_when(proc, train_rows_at_least(run, 5))
     run_cli("train", "resume=latest", f"paths.output_root={root}")
     assert rows(run) == reference
+    # TensorBoard holds each step once, with the CSV's value: the killed process's later events are purged.
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert len(list((run / "tensorboard").glob("events.*"))) == 2
+    for key in ("train/loss", "val/loss"):
+        logged = [(e.step, e.value) for e in events.Scalars(key)]
+        expected = [(int(r["step"]), float(r[key])) for r in reference if r[key]]
+        assert [s for s, _ in logged] == [s for s, _ in expected], key
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), key
 
 
 def test_atomic_checkpoint_keeps_the_previous_file_when_a_save_dies(tmp_path, monkeypatch):
