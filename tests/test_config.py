@@ -43,3 +43,11 @@ def test_bad_values_name_the_key(overrides, message):
         check(**overrides)
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_tensorboard_logger_without_the_package_is_refused(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"logger.tensorboard=true needs the tensorboard package"):
+        check(logger={"tensorboard": True})
