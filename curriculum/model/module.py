@@ -47,15 +47,16 @@ class VisionDummy:
 
     def term(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """A zero scalar that depends on every trained parameter the vision path reaches."""
-        inputs = {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in self.inputs.items()}
         if self.tower_frozen:
             if self._placed != (device, dtype):
-                self._projector_calls = _projector_calls(model, inputs)
+                self._projector_calls = _projector_calls(model, self._inputs_on(device, dtype))
                 self._placed = (device, dtype)
             if self._projector_calls:
-                out = [m(*args, **kwargs) for m, args, kwargs in self._projector_calls]
-                return _zero_sum(out)
-        return _zero_sum(model.get_image_features(**inputs))
+                return _zero_sum([m(*args, **kwargs) for m, args, kwargs in self._projector_calls])
+        return _zero_sum(model.get_image_features(**self._inputs_on(device, dtype)))
+
+    def _inputs_on(self, device: torch.device, dtype: torch.dtype) -> dict:
+        return {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in self.inputs.items()}
 
 
 def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
@@ -66,8 +67,12 @@ def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
         calls.append((module, tuple(map(_detached, args)), {k: _detached(v) for k, v in kwargs.items()}))
 
     hooks = [model.get_submodule(name).register_forward_pre_hook(capture, with_kwargs=True) for name in component_prefixes(model)["projector"]]
+    device = next(iter(inputs.values())).device
+    cuda = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.no_grad():
+        # The RNG is left untouched (a tower with dropout would draw), so a resumed run, which
+        # captures again, stays on the uninterrupted run's random stream.
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             model.get_image_features(**inputs)
     finally:
         for h in hooks:

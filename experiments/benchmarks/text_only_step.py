@@ -1,7 +1,7 @@
 """Benchmark: one training step (forward + backward + AdamW) on a text-only micro-batch, three ways.
 
 - ours: the Collator's batch has no pixel_values and VLMModule.group_losses handles it, with the
-  vision dummy exactly when the recipe passes one (curriculum.recipe.needs_vision_dummy): module,
+  vision dummy exactly as the recipe builds it (curriculum.recipe.build_vision_dummy): module,
   collator and optimizer come from curriculum.recipe.build_parts on the project's default config;
 - LLaVA way: the same samples with "<image>\\n" prepended to the first user turn and one black
   full-size image each, so the vision tower and the projector run on every sample;
@@ -36,7 +36,7 @@ from curriculum.config import RunConfig, validate
 from curriculum.data.collate import IGNORE_INDEX
 from curriculum.data.records import RecordTable
 from curriculum.model.module import VLMModule
-from curriculum.recipe import Parts, build_parts, needs_vision_dummy
+from curriculum.recipe import Parts, build_parts
 
 # Overrides of the project's default config (conf/config.yaml) per case.
 CASES = {
@@ -112,7 +112,7 @@ def variants(parts: Parts, n: int, image: str) -> dict[str, tuple[Callable[[], t
     records = text_records(parts.bundle.train, n)
     text = collate(records)
     zero_images = collate([with_zero_image(r, image) for r in records])
-    dummy = "on" if module.vision_dummy is not None else "off"
+    dummy = _dummy_kind(parts)
     out = {
         f"ours (vision dummy {dummy}, as the recipe)": (lambda: module.group_losses(text)[0], text),
         "LLaVA way (zero image per sample)": (lambda: module.group_losses(zero_images)[0], zero_images),
@@ -173,7 +173,7 @@ def main() -> None:
             named = variants(parts, args.batch, image)
             optimizer = parts.module.configure_optimizers()["optimizer"]
             rows += rows_for(case, named, time_case(named, optimizer, args.steps, args.warmup))
-            notes.append(f"{case}: trained modes {_modes(cfg)}, recipe vision dummy: {needs_vision_dummy(cfg)}")
+            notes.append(f"{case}: trained modes {_modes(cfg)}, recipe vision dummy: {_dummy_kind(parts)}")
     print(f"{machine_line()}, torch threads {args.threads}")
     print(
         f"model {args.model}, {args.batch} text-only samples per micro-batch, "
@@ -182,6 +182,11 @@ def main() -> None:
     print("\n".join(notes) + "\n")
     headers = ["case", "variant", "input_ids", "pixel_values", "wall ms, median (p10-p90)", "CPU ms, median", "vs LM alone (CPU)"]
     print(markdown_table(headers, rows))
+
+
+def _dummy_kind(parts: Parts) -> str:
+    dummy = parts.module.vision_dummy
+    return "off" if dummy is None else "projector only" if dummy.tower_frozen else "tower + projector"
 
 
 def _modes(cfg: RunConfig) -> str:
