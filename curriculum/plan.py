@@ -50,6 +50,7 @@ def build_plan(bundle: DataBundle, stream: CurriculumStream | None = None, run_s
         "groups": dict(bundle.train_report.groups),
         "val_groups": dict(bundle.val_report.groups),
         "sources": sources,
+        "val_sources": sorted(bundle.val_report.sources),
         "invalid": bundle.invalid,
         "stages": [],
     }
@@ -113,7 +114,11 @@ def print_plan(plan: dict, console: Console | None = None) -> None:
     for src in sorted(set(plan["sources"]) | set(invalid_by_source)):
         per = plan["sources"].get(src, {})
         t.add_row(src, *(str(per.get(g, 0)) for g in groups), str(invalid_by_source.get(src, 0)))
-    t.add_row("[b]train total[/b]", *(str(plan["groups"].get(g, 0)) for g in groups), str(len(plan["invalid"])))
+    val_sources = set(plan.get("val_sources", []))
+    val_invalid = sum(n for src, n in invalid_by_source.items() if src in val_sources)
+    t.add_row("[b]train total[/b]", *(str(plan["groups"].get(g, 0)) for g in groups), str(len(plan["invalid"]) - val_invalid))
+    if val_sources:
+        t.add_row("[b]val total[/b]", *(str(plan["val_groups"].get(g, 0)) for g in groups), str(val_invalid))
     console.print(t)
     if plan["stages"]:
         s = Table(title=f"Stages (global batch {plan['global_batch']}, {plan['batching']} batching)")

@@ -34,16 +34,20 @@ class Resume:
 
 
 def find_run(spec: str, output_root: str) -> str:
-    """The run folder `spec` names, or the newest run folder under `output_root` for `latest`."""
+    """The run folder `spec` names, or the newest training run folder under `output_root` for `latest`."""
     if spec != "latest":
         path = os.path.abspath(os.path.expanduser(spec))
         if not os.path.isfile(os.path.join(path, ".hydra", "config.yaml")):
             raise ConfigError(f"resume={spec} is not a run folder: {path}/.hydra/config.yaml does not exist.")
+        if not os.path.isfile(os.path.join(path, "status.json")):
+            raise ConfigError(f"resume={spec} is not a training run: {path} has no status.json (curriculum-plan folders train nothing).")
         return path
     found = glob.glob(os.path.join(output_root, "*", "*", ".hydra", "config.yaml"))
     found += glob.glob(os.path.join(output_root, "multirun", "*", "*", "*", ".hydra", "config.yaml"))
+    # Only curriculum-train writes status.json; curriculum-plan folders sit beside runs and are skipped.
+    found = [f for f in found if os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(f)), "status.json"))]
     if not found:
-        raise ConfigError(f"resume=latest found no run folder under {os.path.abspath(output_root)}.")
+        raise ConfigError(f"resume=latest found no training run folder under {os.path.abspath(output_root)}.")
     return os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime)))
 
 

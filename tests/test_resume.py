@@ -201,3 +201,23 @@ def finished_run(tmp_path_factory, cache_dir, shapes):
             "schedule.stages.blend.ramp.fraction=null", "trainer.max_steps=3", "data.num_workers=0", "export.enabled=false", "trainer.enable_progress_bar=false",
             f"hydra.run.dir={run}")
     return run
+
+
+def test_resume_latest_skips_plan_folders_and_refuses_them(tmp_path):
+    from curriculum.config import ConfigError
+    from curriculum.resume import find_run
+
+    def folder(name, status):
+        d = tmp_path / "2026-01-01" / name
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "config.yaml").write_text("{}\n")
+        if status:
+            (d / "status.json").write_text('{"status": "running"}\n')
+        return d
+
+    run = folder("00-00-00", status=True)
+    plan = folder("00-00-01", status=False)  # a later curriculum-plan folder
+    os.utime(run / ".hydra" / "config.yaml", (1, 1))
+    assert find_run("latest", str(tmp_path)) == str(run)
+    with pytest.raises(ConfigError, match="is not a training run: .* has no status.json"):
+        find_run(str(plan), str(tmp_path))
