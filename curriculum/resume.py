@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from omegaconf import OmegaConf
 
-from curriculum.config import ConfigError, RunConfig, validate
+from curriculum.config import ConfigError, RampConfig, RunConfig, validate
 from curriculum.schedule.stages import ramp_steps
 
 RUN_CONFIG = "run_config.yaml"
@@ -107,13 +107,23 @@ def refused_change(old: RunConfig, new: RunConfig, key: str, done: int) -> bool:
     started = name in old_starts and old_starts[name] < done
     if not started:
         return name in new_starts and new_starts[name] < done
-    if key != f"schedule.stages.{name}.steps" or old_starts.get(name) != new_starts.get(name):
+    prefix = f"schedule.stages.{name}"
+    if key not in (f"{prefix}.steps", f"{prefix}.ramp.steps", f"{prefix}.ramp.fraction") or old_starts.get(name) != new_starts.get(name):
         return True
     # The current stage may grow or shrink its future, but not its past: the steps already done
-    # and the ramp's length (a ramp given as a fraction of the stage scales with it) must stay.
+    # and the ramp's length must stay.
     o, n = old.schedule.stages[name], new.schedule.stages[name]
     finished_before = old_starts[name] + o.steps < done
     return finished_before or n.steps < done - old_starts[name] or ramp_steps(o) != ramp_steps(n)
+
+
+def pin_started_ramps(old: RunConfig, new: RunConfig, done: int) -> None:
+    """Keep the ramp length of a started stage whose `steps` change (a fraction ramp would rescale its past)."""
+    for name, start in _stage_starts(old).items():
+        o, n = old.schedule.stages[name], new.schedule.stages.get(name)
+        if start < done and n is not None and n.steps != o.steps and n.ramp is not None and o.ramp is not None:
+            if n.ramp == o.ramp and ramp_steps(n) != ramp_steps(o):  # the user left the ramp as it was
+                n.ramp = RampConfig(steps=ramp_steps(o), fraction=None, shape=o.ramp.shape)
 
 
 def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
@@ -126,6 +136,7 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     new_raw = apply_overrides(base_raw, overrides)
     new = validate(new_raw)
     done = checkpoint_step(ckpt)
+    pin_started_ramps(old, new, done)
     a, b = flatten(OmegaConf.to_container(OmegaConf.structured(old))), flatten(OmegaConf.to_container(OmegaConf.structured(new)))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     for key in changed:

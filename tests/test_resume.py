@@ -221,3 +221,36 @@ def test_resume_latest_skips_plan_folders_and_refuses_them(tmp_path):
     assert find_run("latest", str(tmp_path)) == str(run)
     with pytest.raises(ConfigError, match="is not a training run: .* has no status.json"):
         find_run(str(plan), str(tmp_path))
+
+
+def fake_run(tmp_path, done: int, *overrides: str):
+    """A run folder with the default config (plus overrides) and a last.ckpt at step `done`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from curriculum.conf_path import conf_dir
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    torch.save({"global_step": done}, tmp_path / "checkpoints" / "last.ckpt")
+    return tmp_path
+
+
+def test_growing_the_current_stage_keeps_its_fraction_ramp_length(tmp_path):
+    from curriculum.config import ConfigError, validate
+    from curriculum.resume import apply_overrides, prepare, saved_config
+
+    # Default blend ramp: a quarter of the stage, 2 of 8 steps; the run stopped at step 3 (inside blend).
+    run = fake_run(tmp_path, 3, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8")
+    cfg = validate(apply_overrides(saved_config(run), [f"resume={run}"]))
+    cfg.resume = str(run)
+    r = prepare(cfg, str(run), ["schedule.stages.blend.steps=12"])
+    ramp = r.cfg.schedule.stages["blend"].ramp
+    assert r.cfg.schedule.stages["blend"].steps == 12 and (ramp.steps, ramp.fraction) == (2, None)
+    assert "schedule.stages.blend.ramp.fraction: 0.25 -> None" in r.changes
+    # Asking for another ramp length in the stage already under way changes its past.
+    with pytest.raises(ConfigError, match="schedule.stages.blend.ramp.fraction"):
+        prepare(cfg, str(run), ["schedule.stages.blend.steps=12", "schedule.stages.blend.ramp.fraction=0.5"])
