@@ -46,7 +46,7 @@ class DataConfig:
     train_files: list[str] = field(default_factory=list)
     val_files: list[str] = field(default_factory=list)
     image_root: Optional[str] = None
-    file_groups: dict[str, str] = field(default_factory=dict)
+    file_groups: Optional[dict[str, str]] = None
     on_invalid: OnInvalid = OnInvalid.error
     max_length: int = 512
     micro_batch_size: int = 8
@@ -62,6 +62,11 @@ class DataConfig:
             raise ConfigError(f"data.num_workers={self.num_workers} is not allowed: use 0 or more.")
         if self.val_files and not self.train_files:
             raise ConfigError("data.val_files is set but data.train_files is empty: give both, or neither for the built-in data.")
+        unknown = sorted(set(self.file_groups or {}) - set(self.train_files) - set(self.val_files))
+        if unknown:
+            raise ConfigError(
+                f"data.file_groups names {unknown[0]}, which is not in data.train_files or data.val_files: use the path as given there."
+            )
 
 
 @dataclass
@@ -153,7 +158,8 @@ class StageConfig:
 class ScheduleConfig:
     # mixed: groups interleave inside batches; grouped: every optimizer step is a single group.
     batching: str = "mixed"
-    # Sort samples by length inside each group within a megabatch (samples; null = the global batch).
+    # Sort samples by length inside each group within a megabatch (samples: a divisor or a multiple
+    # of the global batch; null = the global batch). Multiples spread sorted rows over several steps.
     length_grouping: bool = False
     megabatch: Optional[int] = None
     # Empty here so a config file's stages replace, not extend, the defaults (see conf/schedule/).
@@ -176,8 +182,13 @@ class ScheduleConfig:
                 r = st.ramp
                 if i == 0:
                     raise ConfigError(f"{key}.ramp is not allowed: the first stage has no previous mix to ramp from.")
-                if (r.steps is None) == (r.fraction is None):
-                    raise ConfigError(f"{key}.ramp needs exactly one of steps or fraction.")
+                if r.steps is None and r.fraction is None:
+                    raise ConfigError(f"{key}.ramp needs one of steps or fraction, e.g. {key}.ramp.steps=10.")
+                if r.steps is not None and r.fraction is not None:
+                    raise ConfigError(
+                        f"{key}.ramp has both steps={r.steps} and fraction={r.fraction}: give exactly one, "
+                        f"e.g. add {key}.ramp.fraction=null to use steps."
+                    )
                 if r.steps is not None:
                     _positive(f"{key}.ramp.steps", r.steps)
                 if r.fraction is not None and not 0 < r.fraction <= 1:

@@ -76,11 +76,15 @@ def test_plan_counts_every_group_and_names_every_broken_record(mixed_files, cach
 
 def test_plan_with_skip_exits_zero_and_lists_them_all(mixed_files, tmp_path):
     _, files, val = mixed_files
-    proc = run_cli("plan", *data_overrides(files, val), "data.on_invalid=skip", f"hydra.run.dir={tmp_path}")
+    # A per-file group given on the command line, as the README shows it.
+    proc = run_cli("plan", *data_overrides(files, val), "data.on_invalid=skip", f"data.file_groups={{{files[2]}: swift}}",
+                   f"hydra.run.dir={tmp_path}")
     assert "Invalid records (5)" in proc.stdout
     for ident in ("l-noanswer", "m-missing", "m-role", "s-count"):
         assert ident in proc.stdout
-    assert len(read_json(tmp_path / "plan.json")["invalid"]) == 5
+    plan = read_json(tmp_path / "plan.json")
+    assert len(plan["invalid"]) == 5
+    assert plan["sources"][files[2]] == {"swift": 2} and plan["groups"]["swift"] == 2
 
 
 def test_wrong_config_value_is_one_sentence_naming_the_key(tmp_path):

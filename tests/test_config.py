@@ -36,6 +36,11 @@ def test_defaults_are_valid():
         ({"data": {"val_files": ["v.json"]}}, "data.val_files is set but data.train_files is empty"),
         ({"trainer": {"max_steps": 9}}, "trainer.max_steps=9 is not allowed: the schedule has 5 steps"),
         ({"schedule": {"batching": "random"}}, "schedule.batching=random is not allowed: use mixed or grouped."),
+        ({"data": {"train_files": ["a.json"], "file_groups": {"b.json": "x"}}}, "data.file_groups names b.json, which is not in data.train_files or data.val_files"),
+        (
+            {"schedule": {"stages": {"b": {"steps": 5, "mix": {"image_text": 1.0}, "ramp": {"steps": 2, "fraction": 0.5}}}}},
+            "schedule.stages.b.ramp has both steps=2 and fraction=0.5: give exactly one, e.g. add schedule.stages.b.ramp.fraction=null",
+        ),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

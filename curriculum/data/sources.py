@@ -63,11 +63,16 @@ def load_data(cfg: RunConfig, *, on_invalid: str | None = None) -> DataBundle:
     """Read, validate and cache every record; tables are None when invalid records stop the run."""
     train_files, val_files = resolve_files(cfg)
     policy = on_invalid or cfg.data.on_invalid.value
-    common = dict(cache_dir=cache_dir(cfg), image_root=cfg.data.image_root, file_groups=dict(cfg.data.file_groups), on_invalid=policy)
-    train, train_report = load_or_build(train_files, **common)
-    val, val_report = load_or_build(val_files, **common) if val_files else (None, LoadReport())
+    common = dict(cache_dir=cache_dir(cfg), image_root=cfg.data.image_root, on_invalid=policy)
+    groups = dict(cfg.data.file_groups or {})
+    train, train_report = load_or_build(train_files, file_groups=_groups_of(train_files, groups), **common)
+    val, val_report = load_or_build(val_files, file_groups=_groups_of(val_files, groups), **common) if val_files else (None, LoadReport())
     groups = order_groups(list(train_report.groups) + list(val_report.groups))
     return DataBundle(train, val, train_report, val_report, groups)
+
+
+def _groups_of(files: list[str], file_groups: dict[str, str]) -> dict[str, str]:
+    return {f: g for f, g in file_groups.items() if f in files}
 
 
 def describe_invalid(invalid: list[dict], limit: int = 10) -> str:

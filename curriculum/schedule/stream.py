@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from curriculum.config import ConfigError
 from curriculum.schedule.blend import StageBlend
 from curriculum.schedule.permute import permute
 from curriculum.schedule.stages import Schedule
@@ -27,8 +28,10 @@ class CurriculumStream:
         if schedule.length_grouping:
             if lengths is None:
                 raise ValueError("length grouping needs the records' lengths")
-            if global_batch % self.megabatch:
-                raise ValueError(f"schedule.megabatch={self.megabatch} must divide the global batch ({global_batch}) so steps keep their exact mix")
+            if global_batch % self.megabatch and self.megabatch % global_batch:
+                raise ConfigError(
+                    f"schedule.megabatch={self.megabatch} is not allowed: use a divisor or a multiple of the global batch ({global_batch})."
+                )
         self.lengths = lengths
         unit = 1 if self.grouped else global_batch
         self.blends = [StageBlend(st.ramp, st.mix, st.steps, unit, st.name) for st in schedule.stages]
@@ -90,16 +93,50 @@ class CurriculumStream:
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         """Table rows at the given global positions."""
         positions = np.asarray(positions, dtype=np.int64)
-        if not self.schedule.length_grouping:
+        if not self.schedule.length_grouping or not len(positions):
             return self._rows(*self.groups_and_ranks(positions))
-        # Inside each megabatch, samples are ordered by group, then longest first: micro-batches
-        # hold similar lengths (less padding) while every step keeps its exact group counts.
-        first = positions // self.megabatch
-        span = np.arange(first.min() * self.megabatch, (first.max() + 1) * self.megabatch, dtype=np.int64)
+        G = self.global_batch
+        if self.megabatch <= G:
+            first, last = positions.min() // G * G, (positions.max() // G + 1) * G
+        else:
+            first, last = self._megabatch_span(int(positions.min())), self._megabatch_span(int(positions.max()), end=True)
+        span = np.arange(first, last, dtype=np.int64)
         groups, ranks = self.groups_and_ranks(span)
         rows = self._rows(groups, ranks)
+        if self.megabatch > G:
+            for lo in np.unique([self._megabatch_span(int(p)) for p in range(first, last, G)]):
+                sel = slice(lo - first, self._megabatch_span(int(lo), end=True) - first)
+                rows[sel] = self._spread_by_length(groups[sel], rows[sel], int(lo))
+        # Inside each step block, samples are ordered by group, then longest first: micro-batches
+        # hold similar lengths (less padding) while every step keeps its exact group counts.
+        block = min(self.megabatch, G)
         order = np.empty(len(span), np.int64)
-        for m in range(0, len(span), self.megabatch):
-            block = slice(m, m + self.megabatch)
-            order[block] = m + np.lexsort((-self.lengths[rows[block]], groups[block]))
-        return rows[order][positions - span[0]]
+        for m in range(0, len(span), block):
+            sl = slice(m, m + block)
+            order[sl] = m + np.lexsort((-self.lengths[rows[sl]], groups[sl]))
+        return rows[order][positions - first]
+
+    def _megabatch_span(self, position: int, end: bool = False) -> int:
+        """First position of `position`'s megabatch (or the end of it); megabatches never cross a stage."""
+        G, k = self.global_batch, self.megabatch // self.global_batch
+        s = int(self._stage_of(np.array([position]))[0])
+        start, stop = int(self.stage_starts[s]), self.schedule.stages[s].end_step
+        lo = start + (position // G - start) // k * k
+        return min(lo + k, stop) * G if end else lo * G
+
+    def _spread_by_length(self, groups: np.ndarray, rows: np.ndarray, first: int) -> np.ndarray:
+        """A megabatch's rows regrouped so each step holds rows of similar length, per group.
+
+        Each group keeps its positions (so every step keeps its exact group counts); its rows,
+        sorted longest first, are dealt to the steps in a seeded order, a contiguous run each.
+        """
+        G = self.global_batch
+        steps = len(rows) // G
+        step_order = np.random.default_rng([self.seed, first]).permutation(steps)
+        out = rows.copy()
+        for g in np.unique(groups):
+            by_step = [np.flatnonzero(groups[j * G:(j + 1) * G] == g) + j * G for j in step_order]
+            slots = np.concatenate(by_step)
+            members = rows[np.sort(slots)]
+            out[slots] = members[np.argsort(-self.lengths[members], kind="stable")]
+        return out
