@@ -197,6 +197,22 @@ class ScheduleConfig:
                     raise ConfigError(f"{key}.ramp.shape={r.shape} is not allowed: use linear or cosine.")
 
 
+def device_count(devices: Any) -> int | None:
+    """Processes per node that `trainer.devices` asks Lightning for; None when only the machine knows (auto, -1)."""
+    if isinstance(devices, bool):
+        return None
+    if isinstance(devices, int):
+        return devices if devices > 0 else None
+    if isinstance(devices, (list, tuple)):
+        return len(devices) or None
+    if isinstance(devices, str):
+        text = devices.strip()
+        if "," in text:
+            return len([d for d in text.split(",") if d.strip()]) or None
+        return int(text) if text.isdigit() and int(text) > 0 else None
+    return None
+
+
 @dataclass
 class TrainerConfig:
     # null = the schedule's total steps; a smaller value stops the run early at that step.
@@ -219,6 +235,12 @@ class TrainerConfig:
         if self.max_steps is not None:
             _positive("trainer.max_steps", self.max_steps)
         _positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches)
+        _positive("trainer.num_nodes", self.num_nodes)
+        if device_count(self.devices) is None:
+            raise ConfigError(
+                f"trainer.devices={self.devices!r} is not allowed: give the number of processes per node (e.g. 2) or "
+                "device indices (e.g. [0,1]), since the global batch and the plan depend on it."
+            )
         if self.val_every_n_steps < 0:
             raise ConfigError(f"trainer.val_every_n_steps={self.val_every_n_steps} is not allowed: use 0 or more.")
 
@@ -298,9 +320,7 @@ class RunConfig:
 
     def world_size(self) -> int:
         """Number of training processes the trainer config asks for (devices x nodes)."""
-        devices = self.trainer.devices
-        n = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, tuple)) else 1)
-        return max(1, n) * self.trainer.num_nodes
+        return (device_count(self.trainer.devices) or 1) * self.trainer.num_nodes
 
     def global_batch(self) -> int:
         """Samples per optimizer step over all ranks: micro batch x ranks x accumulation."""

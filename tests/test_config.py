@@ -36,6 +36,8 @@ def test_defaults_are_valid():
         ({"data": {"val_files": ["v.json"]}}, "data.val_files is set but data.train_files is empty"),
         ({"trainer": {"max_steps": 9}}, "trainer.max_steps=9 is not allowed: the schedule has 5 steps"),
         ({"schedule": {"batching": "random"}}, "schedule.batching=random is not allowed: use mixed or grouped."),
+        ({"trainer": {"devices": "auto"}}, "trainer.devices='auto' is not allowed: give the number of processes per node"),
+        ({"trainer": {"devices": -1}}, "trainer.devices=-1 is not allowed"),
         ({"data": {"train_files": ["a.json"], "file_groups": {"b.json": "x"}}}, "data.file_groups names b.json, which is not in data.train_files or data.val_files"),
         (
             {"schedule": {"stages": {"b": {"steps": 5, "mix": {"image_text": 1.0}, "ramp": {"steps": 2, "fraction": 0.5}}}}},
@@ -56,3 +58,9 @@ def test_tensorboard_logger_without_the_package_is_refused(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match=r"logger.tensorboard=true needs the tensorboard package"):
         check(logger={"tensorboard": True})
+
+
+@pytest.mark.parametrize("devices, processes", [(2, 2), ([0, 1, 3], 3), ("0,1", 2), ("4", 4)])
+def test_world_size_counts_the_processes_devices_asks_for(devices, processes):
+    cfg = check(trainer={"devices": devices, "num_nodes": 2, "accumulate_grad_batches": 2}, data={"micro_batch_size": 3})
+    assert cfg.world_size() == 2 * processes and cfg.global_batch() == 3 * 2 * processes * 2

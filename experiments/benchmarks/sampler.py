@@ -61,7 +61,8 @@ METRICS = {
     "memory": "(d) memory, 10M-record group: RSS held / peak growth (time)",
     "memory_passes": f"(d) same, after batches from {BIG_PASSES} passes of the group",
     "pad_plain": "(e) padding fraction, draw order (micro-batch 8)",
-    "pad_grouped": "(e) padding fraction, length grouping (megabatch 64)",
+    "pad_grouped": "(e) padding fraction, length grouping (megabatch 64 = 1 step)",
+    "pad_grouped_steps": "(e) padding fraction, length grouping (megabatch 512 = 8 steps)",
 }
 
 
@@ -137,10 +138,12 @@ def row_ranges(sizes: dict[str, int]) -> dict[str, np.ndarray]:
     return {g: np.arange(first[i], first[i + 1]) for i, g in enumerate(GROUPS)}
 
 
-def our_stream(rows: dict[str, np.ndarray], steps: int, length_grouping: bool = False, lengths: np.ndarray | None = None) -> CurriculumStream:
+def our_stream(
+    rows: dict[str, np.ndarray], steps: int, length_grouping: bool = False, lengths: np.ndarray | None = None, megabatch: int | None = None
+) -> CurriculumStream:
     """A one-stage CurriculumStream over the given row ids per group."""
     stage = StageConfig(steps=steps, mix=dict(WEIGHTS))
-    run = RunConfig(schedule=ScheduleConfig(length_grouping=length_grouping, stages={"train": stage}))
+    run = RunConfig(schedule=ScheduleConfig(length_grouping=length_grouping, megabatch=megabatch, stages={"train": stage}))
     run.check()
     schedule = compile_schedule(run, GROUPS, {g: len(r) for g, r in rows.items()})
     return CurriculumStream(schedule, rows, GLOBAL_BATCH, SEED, lengths)
@@ -168,8 +171,8 @@ def measure_ours(draws: int, rate_positions: int) -> dict[str, str]:
     out.update({f"seek_{p}": our_seek(rows, p) for p in SEEKS})
     lengths = pad_lengths()
     pad_steps = PAD_DRAWS // GLOBAL_BATCH
-    for key, grouping in (("pad_plain", False), ("pad_grouped", True)):
-        drawn = our_stream(row_ranges(PAD_SIZES), pad_steps, grouping, lengths)(np.arange(PAD_DRAWS))
+    for key, grouping, megabatch in (("pad_plain", False, None), ("pad_grouped", True, None), ("pad_grouped_steps", True, 8 * GLOBAL_BATCH)):
+        drawn = our_stream(row_ranges(PAD_SIZES), pad_steps, grouping, lengths, megabatch)(np.arange(PAD_DRAWS))
         out[key] = f"{padding_fraction(drawn, lengths):.2%}"
     return out
 
@@ -217,7 +220,7 @@ def measure_hf(draws: int) -> dict[str, str]:
     lengths = pad_lengths()
     pad_rows = hf_ids(hf_interleave(hf_sources(PAD_SIZES)))[:PAD_DRAWS]["idx"].to_numpy()
     out["pad_plain"] = f"{padding_fraction(pad_rows, lengths):.2%}"
-    out["pad_grouped"] = "n/a (no length grouping)"
+    out["pad_grouped"] = out["pad_grouped_steps"] = "n/a (no length grouping)"
     return out
 
 
@@ -261,7 +264,7 @@ def measure_torchdata(draws: int) -> dict[str, str]:
     far, near = SEEKS[2], SEEKS[1]
     out[f"seek_{far}"] = f"~{fmt_s(elapsed[near] * far / near)} extrapolated (iterate)"
     out["pad_plain"] = f"{padding_fraction(td_take(td_node(PAD_SIZES), PAD_DRAWS), pad_lengths()):.2%}"
-    out["pad_grouped"] = "n/a (no length grouping)"
+    out["pad_grouped"] = out["pad_grouped_steps"] = "n/a (no length grouping)"
     return out
 
 
