@@ -14,10 +14,11 @@ from omegaconf import DictConfig
 from curriculum.conf_path import conf_dir
 from curriculum.config import ConfigError, RunConfig, validate
 from curriculum.data.collate import SampleError
+from curriculum.data.formats import DataFileError
 from curriculum.data.images import ImageError
 from curriculum.data.sources import InvalidDataError
 
-USER_ERRORS = (ConfigError, InvalidDataError, SampleError, ImageError, FileNotFoundError)
+USER_ERRORS = (ConfigError, InvalidDataError, DataFileError, SampleError, ImageError, FileNotFoundError)
 log = logging.getLogger("curriculum")
 
 

@@ -30,6 +30,10 @@ _CHAT_ROLES = {role: role for role in ROLES}
 _PARQUET_BATCH_ROWS = 1024
 
 
+class DataFileError(ValueError):
+    """A data file that cannot give records: an unsupported extension, or no valid record at all."""
+
+
 class InvalidRecordError(ValueError):
     """A record that cannot be used, with a one-line reason (and the record's id when known)."""
 
@@ -44,7 +48,7 @@ def iter_file(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecord
     readers = {".json": _iter_json, ".jsonl": _iter_jsonl, ".parquet": _iter_parquet}
     ext = os.path.splitext(path)[1].lower()
     if ext not in readers:
-        raise ValueError(f"{path}: unsupported data file extension {ext!r}; use .json, .jsonl or .parquet")
+        raise DataFileError(f"{path}: unsupported data file extension {ext!r}; use .json, .jsonl or .parquet")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     return readers[ext](path)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curriculum.data.formats import IMAGE_TOKEN, MISSING_IMAGE, InvalidRecordError, iter_records
+from curriculum.data.formats import IMAGE_TOKEN, MISSING_IMAGE, DataFileError, InvalidRecordError, iter_records
 
 __all__ = [
     "IMAGE_TOKEN",
@@ -193,7 +193,7 @@ def build_record_table(
         if on_invalid == "error" and report.invalid:
             return None, report
         if not report.groups:
-            raise ValueError(f"no valid records in {list(files)}")
+            raise DataFileError(f"no valid records in {list(files)}: all {len(report.invalid)} are invalid (see curriculum-plan)")
         os.replace(tmp, out_path)
     finally:
         if os.path.exists(tmp):

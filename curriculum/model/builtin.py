@@ -14,6 +14,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from curriculum.config import ConfigError
+
 BUILTIN_PREFIX = "builtin:"
 BUILDER_VERSION = "1"
 
@@ -38,7 +40,7 @@ def builtin_names() -> list[str]:
 def ensure_builtin(name: str, cache_dir: str, corpus: Callable[[], Iterable[str]]) -> str:
     """Return the folder of built-in model `name`, building and saving it on first use."""
     if name not in _BUILDERS:
-        raise ValueError(f"model.name_or_path=builtin:{name} is unknown: use one of {', '.join('builtin:' + n for n in builtin_names())}.")
+        raise ConfigError(f"model.name_or_path=builtin:{name} is unknown: use one of {', '.join('builtin:' + n for n in builtin_names())}.")
     target = os.path.join(os.path.expanduser(cache_dir), "models", f"{name}-v{BUILDER_VERSION}")
     if os.path.isfile(os.path.join(target, "config.json")):
         return target

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import torch
 
-from curriculum.config import COMPONENTS, LoraConfig, Mode, TrainableConfig
+from curriculum.config import COMPONENTS, ConfigError, LoraConfig, Mode, TrainableConfig
 
 # Module-name markers per component across transformers VLM families (LLaVA, LLaVA-Next,
 # Qwen2-VL, Idefics3/SmolVLM, PaliGemma, Gemma3, Mistral3, MiniCPM-V). The projector is matched
@@ -25,7 +25,7 @@ def component_of(param_name: str) -> str:
     for comp in ("projector", "vision", "language"):
         if _PATTERNS[comp].search(param_name):
             return comp
-    raise ValueError(
+    raise ConfigError(
         f"parameter {param_name} belongs to no known component (vision, projector, language) of this "
         "architecture; curriculum.model.components needs a marker for it."
     )
@@ -63,7 +63,7 @@ def apply_trainability(model: torch.nn.Module, trainable: TrainableConfig) -> di
             counts[comp] += p.numel()
     for comp in COMPONENTS:
         if getattr(trainable, comp) is not Mode.frozen and counts[comp] == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"model.trainable.{comp}={getattr(trainable, comp).value} matched no parameter: "
                 "for lora, check model.peft.target_modules / target_leaves."
             )

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from curriculum.config import ModelConfig, TrainableConfig
+from curriculum.config import ConfigError, ModelConfig, TrainableConfig
 from curriculum.model.builtin import BUILTIN_PREFIX, ensure_builtin
 from curriculum.model.components import apply_trainability, component_prefixes, lora_target_regex
 
@@ -33,7 +33,7 @@ def load_processor(path: str):
 
     processor = AutoProcessor.from_pretrained(path)
     if getattr(processor, "chat_template", None) is None:
-        raise ValueError(f"model {path} has no chat template in its processor: labels need one to find assistant turns.")
+        raise ConfigError(f"model {path} has no chat template in its processor: labels need one to find assistant turns.")
     return processor
 
 
