@@ -97,6 +97,13 @@ def test_wrong_config_value_is_one_sentence_naming_the_key(tmp_path):
     assert proc.returncode == 1 and "data.on_invalid" in proc.stderr and "error" in proc.stderr and "skip" in proc.stderr
 
 
+def test_unreadable_data_file_is_one_line_not_a_traceback(tmp_path):
+    (tmp_path / "table.csv").write_text("a,b\n")
+    proc = run_cli("plan", f"data.train_files=[{tmp_path / 'table.csv'}]", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'table.csv'}: unsupported data file extension '.csv'; use .json, .jsonl or .parquet"
+
+
 @pytest.mark.slow
 def test_train_on_mixed_files_logs_group_losses_and_exports(mixed_files, tmp_path):
     _, files, val = mixed_files
