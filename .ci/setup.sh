@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with torch and curriculum (editable, with test extras).
-# TORCH_SPEC picks the torch build (default: the CPU build torch==2.13.0); GPU users pass their own,
+# TORCH_SPEC picks the torch build (default: torch==2.13.0 from the configured pip index); GPU users pass their own,
 # e.g. TORCH_SPEC="torch==2.5.1 --index-url <their CUDA wheel index>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
