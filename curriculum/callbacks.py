@@ -65,6 +65,7 @@ class RunCheckpoints(pl.Callback):
     def _save(self, trainer: pl.Trainer, step: int) -> None:
         if step in self.ends:
             path = os.path.join(self.dirpath, f"stage-{self.ends[step]}.ckpt")
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
             log.info("stage %s ended at step %d: %s", self.ends[step], step, path)
-        trainer.save_checkpoint(os.path.join(self.dirpath, LAST))
+        # Full checkpoints: optimizer, scheduler and loop state are what exact resume needs.
+        trainer.save_checkpoint(os.path.join(self.dirpath, LAST), weights_only=False)
