@@ -41,15 +41,18 @@ class RunCheckpoints(pl.Callback):
     def _due(self, step: int) -> bool:
         return step in self.ends or step == self.run_steps or (self.every > 0 and step % self.every == 0)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if step in self.starts and step < self.run_steps:
+        if batch_idx % trainer.accumulate_grad_batches == 0 and step in self.starts:
             st = self.starts[step]
             t = st.trainable
             log.info("stage %s starts at step %d (vision %s, projector %s, language %s, lr x%g)",
                      st.name, step, t.vision.value, t.projector.value, t.language.value, st.lr_scale)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return
+        step = trainer.global_step
         if not self._due(step):
             return
         if self.val_every and step % self.val_every == 0:
