@@ -64,6 +64,8 @@ class CurriculumDataModule(pl.LightningDataModule):
         self.total_steps = total_steps
         self.num_workers = num_workers
         self.stream = stream
+        # What the sample stream and the validation losses depend on; a resume must find it unchanged.
+        self.data_fingerprint = "/".join(t.content_digest() if t is not None else "-" for t in (train, val))
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -99,9 +101,14 @@ class CurriculumDataModule(pl.LightningDataModule):
         return self._loader(RecordDataset(self.train), self.train_sampler(start), persistent=False)
 
     def state_dict(self) -> dict:
-        """Sampler position and schedule fingerprint, saved in every checkpoint."""
+        """Sampler position, schedule and data fingerprints, saved in every checkpoint."""
         step = self.trainer.global_step if self.trainer is not None else 0
-        return {"position": step * self.stream.global_batch, "global_batch": self.stream.global_batch, "fingerprint": self.stream.schedule.fingerprint()}
+        return {
+            "position": step * self.stream.global_batch,
+            "global_batch": self.stream.global_batch,
+            "fingerprint": self.stream.schedule.fingerprint(),
+            "data": self.data_fingerprint,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Refuse a checkpoint whose sample order differs from this run's."""

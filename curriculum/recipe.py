@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
 from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints
-from curriculum.config import Mode, RunConfig
+from curriculum.config import ConfigError, Mode, RunConfig
 from curriculum.data.collate import Collator
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule
@@ -218,6 +218,11 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
         log.info("resuming %s at step %d%s", run_dir, resumed.step, "; changes: " + ", ".join(resumed.changes) if resumed.changes else "")
     pl.seed_everything(cfg.seed, workers=True)
     parts = build_parts(cfg, run_dir)
+    if resumed and resumed.data_fingerprint not in (None, parts.datamodule.data_fingerprint):
+        raise ConfigError(
+            f"resume: the data files' records changed since the checkpoint (train/val {resumed.data_fingerprint} -> "
+            f"{parts.datamodule.data_fingerprint}), so the sample stream would differ; restore the files or start a new run."
+        )
     trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
     if trainer.is_global_zero:
         write_status(run_dir, "running")

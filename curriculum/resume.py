@@ -31,6 +31,8 @@ class Resume:
     step: int
     checkpoint: str
     changes: list[str]
+    # The data fingerprint saved with the checkpoint (None for checkpoints that predate it).
+    data_fingerprint: str | None = None
 
 
 def find_run(spec: str, output_root: str) -> str:
@@ -72,9 +74,10 @@ def apply_overrides(base, overrides: list[str]):
     return cfg
 
 
-def checkpoint_step(path: str) -> int:
-    """Optimizer steps done in a checkpoint."""
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["global_step"])
+def checkpoint_position(path: str) -> tuple[int, str | None]:
+    """Optimizer steps done in a checkpoint, and the fingerprint of the data it trained on."""
+    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    return int(ckpt["global_step"]), ckpt.get("CurriculumDataModule", {}).get("data")
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -135,7 +138,7 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     old = validate(base_raw)
     new_raw = apply_overrides(base_raw, overrides)
     new = validate(new_raw)
-    done = checkpoint_step(ckpt)
+    done, data_fingerprint = checkpoint_position(ckpt)
     pin_started_ramps(old, new, done)
     a, b = flatten(OmegaConf.to_container(OmegaConf.structured(old))), flatten(OmegaConf.to_container(OmegaConf.structured(new)))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -154,7 +157,7 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     if total < done:
         raise ConfigError(f"resume: the run already trained {done} steps; the new config stops at step {total}, before that.")
     new.resume = None
-    return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"])
+    return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"], data_fingerprint)
 
 
 def record(resume: Resume) -> None:

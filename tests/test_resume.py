@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, read_json, run_cli
+from conftest import REPO, png, read_json, run_cli
 from lightning_fabric.plugins.io import torch_io
 
 from curriculum.callbacks import AtomicCheckpointIO
@@ -254,3 +254,23 @@ def test_growing_the_current_stage_keeps_its_fraction_ramp_length(tmp_path):
     # Asking for another ramp length in the stage already under way changes its past.
     with pytest.raises(ConfigError, match="schedule.stages.blend.ramp.fraction"):
         prepare(cfg, str(run), ["schedule.stages.blend.steps=12", "schedule.stages.blend.ramp.fraction=0.5"])
+
+
+@pytest.mark.slow
+def test_resume_refuses_data_files_whose_records_changed(tmp_path, cache_dir):
+    img = png(tmp_path / "a.png")
+    lines = [{"id": f"i{k}", "image": img, "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]} for k in range(6)]
+    lines += [{"id": f"t{k}", "conversations": [{"from": "human", "value": f"{k}+1?"}, {"from": "gpt", "value": f"{k + 1}."}]} for k in range(6)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run = tmp_path / "run"
+    run_cli("train", f"data.train_files=[{data}]", "schedule.stages.align.steps=2", "schedule.stages.blend.steps=4",
+            "trainer.max_steps=3", "data.micro_batch_size=2", "data.num_workers=0", "export.enabled=false",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={run}")
+    with open(data, "a") as f:
+        f.write(json.dumps({"id": "t-new", "conversations": [{"from": "human", "value": "New?"}, {"from": "gpt", "value": "Yes."}]}) + "\n")
+    plan_before = (run / "plan.json").read_text()
+    proc = run_cli("train", f"resume={run}", "trainer.max_steps=null", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: resume: the data files' records changed since the checkpoint")
+    assert (run / "plan.json").read_text() == plan_before

@@ -110,6 +110,11 @@ class RecordTable:
         self._group_names: list[str] | None = None
         self._lengths: np.ndarray | None = None
 
+    def content_digest(self) -> str:
+        """Short sha256 of the table file: equal digests mean the same records in the same order."""
+        with open(self.path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
     @classmethod
     def open(cls, path: str) -> RecordTable:
         """Open a table written by build_record_table."""
