@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints
 from curriculum.config import ConfigError, Mode, RunConfig
-from curriculum.data.collate import Collator
+from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule
 from curriculum.export import export_model
@@ -238,6 +238,14 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
     trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=resumed.checkpoint if resumed else None)
     if final_validation_due(cfg, parts, trainer):
         trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
+    module = parts.module
+    if module.skipped_total:
+        log.warning("%d drawn training sample(s) were skipped: see %s", module.skipped_total, os.path.join(run_dir, "skipped.jsonl"))
+    if module.trained_tokens == 0:
+        raise SampleError(
+            f"no training sample was usable: all {module.skipped_total:.0f} drawn samples were skipped "
+            f"(see {os.path.join(run_dir, 'skipped.jsonl')}); nothing is exported."
+        )
     if trainer.is_global_zero:
         if cfg.export.enabled:
             kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)

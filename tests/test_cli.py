@@ -156,3 +156,23 @@ def test_sweep_with_a_failing_job_goes_on_and_is_reported(cache_dir, shapes, tmp
     for name in ("summary.csv", "summary.md", "summary.png", "0/report.png", "2/report.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "failed" in proc.stdout
+
+
+def test_run_where_every_sample_is_skipped_fails_and_lists_train_and_val_skips(tmp_path):
+    lines = [{"id": f"t{k}", "conversations": [{"from": "human", "value": "word " * 40}, {"from": "gpt", "value": "ok"}]} for k in range(6)]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run = tmp_path / "run"
+    proc = run_cli("train", f"data.train_files=[{data}]", f"data.val_files=[{data}]", "data.on_invalid=skip", "data.max_length=16",
+                   "schedule=single", "~schedule.stages.train.mix.image_text", "schedule.stages.train.mix.text_only=1.0",
+                   "schedule.stages.train.steps=3", "data.micro_batch_size=2", "data.num_workers=0", "trainer.enable_progress_bar=false",
+                   f"hydra.run.dir={run}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no training sample was usable: all 6 drawn samples were skipped")
+    assert "WARNING] - skipped train sample t0" in proc.stdout  # Hydra logs to stdout
+    assert read_json(run / "status.json")["status"] == "failed" and not (run / "export").exists()
+    skipped = [json.loads(line) for line in (run / "skipped.jsonl").read_text().splitlines()]
+    assert sum(s["split"] == "train" for s in skipped) == 6 and sum(s["split"] == "val" for s in skipped) == 6
+    with open(run / "metrics.csv", newline="") as f:
+        last = [r for r in csv.DictReader(f) if r["val/skipped"]][-1]
+    assert float(last["val/skipped"]) == 6 and last["val/loss"] == ""

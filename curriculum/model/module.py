@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import os
 import random
@@ -19,6 +20,7 @@ from curriculum.data.collate import IGNORE_INDEX
 from curriculum.model.components import component_of, component_prefixes
 from curriculum.schedule.stages import Schedule
 
+log = logging.getLogger("curriculum")
 _NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")
 
 
@@ -129,6 +131,9 @@ class VLMModule(pl.LightningModule):
         self.drawn_total = torch.zeros(len(self.group_names), dtype=torch.float64)
         self.skipped_total = 0.0
         self._skipped = 0.0
+        self._val_skipped = 0.0
+        # Supervised tokens trained on over all ranks: zero at the end means nothing was learnt.
+        self.trained_tokens = 0.0
 
     # ---- forward and loss -------------------------------------------------------------------
 
@@ -169,7 +174,7 @@ class VLMModule(pl.LightningModule):
         self._train_sums = self._train_sums.to(self.device) + sums
         drawn = torch.bincount(batch["drawn_group_ids"], minlength=len(self.group_names)).double()
         self._drawn = self._drawn.to(self.device) + drawn
-        self._record_skipped(batch.get("skipped", []))
+        self._skipped += self._record_skipped(batch.get("skipped", []), "train")
         if self.sample_id_dir:
             with open(os.path.join(self.sample_id_dir, f"rank{self.global_rank}.jsonl"), "a", encoding="utf-8") as f:
                 entry = {"step": self.global_step, "micro_step": batch_idx % self.trainer.accumulate_grad_batches, "ids": batch["sample_ids"]}
@@ -186,6 +191,7 @@ class VLMModule(pl.LightningModule):
         self._drawn = torch.zeros_like(self._drawn)
         self.skipped_total += float(self._reduce(torch.tensor([self._skipped], dtype=torch.float64))[0])
         self._skipped = 0.0
+        self.trained_tokens += float(sums[:, 1].sum())
         metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum()), "stage": float(self.schedule.stage_at(step).index)}
         for name, frac in self.schedule.mix_at(step).items():
             metrics[f"mix/{name}"] = frac
@@ -212,6 +218,7 @@ class VLMModule(pl.LightningModule):
         checkpoint["curriculum"] = {
             "drawn_total": self.drawn_total.tolist(),
             "skipped_total": self.skipped_total,
+            "trained_tokens": self.trained_tokens,
             # Plain containers and tensors only, so Lightning's weights_only loading accepts them.
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -225,6 +232,7 @@ class VLMModule(pl.LightningModule):
         state = checkpoint["curriculum"]
         self.drawn_total = torch.tensor(state["drawn_total"], dtype=torch.float64)
         self.skipped_total = state["skipped_total"]
+        self.trained_tokens = state.get("trained_tokens", 0.0)
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         kind, keys, pos, has_gauss, gauss = rng["numpy"]
@@ -234,27 +242,39 @@ class VLMModule(pl.LightningModule):
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def _record_skipped(self, skipped: list[dict]) -> None:
+    def _record_skipped(self, skipped: list[dict], split: str) -> int:
+        """List skipped samples in skipped.jsonl (warning on the first one) and return how many there were."""
         if not skipped:
-            return
-        self._skipped += len(skipped)
+            return 0
         if self.skipped_log:
+            if not os.path.exists(self.skipped_log):
+                first = skipped[0]
+                log.warning(
+                    "skipped %s sample %s (%s): %s; every skip is counted in metrics.csv (%s/skipped) and listed in %s",
+                    split, first["id"], first["source"], first["reason"], split, self.skipped_log,
+                )
             with open(self.skipped_log, "a", encoding="utf-8") as f:
+                # Validation belongs to the step it follows, as its metrics row does (and so survives a resume).
+                step = self.global_step - 1 if split == "val" else self.global_step
                 for s in skipped:
-                    f.write(json.dumps({"step": self.global_step, "rank": self.global_rank, **s}) + "\n")
+                    f.write(json.dumps({"step": step, "rank": self.global_rank, "split": split, **s}) + "\n")
+        return len(skipped)
 
     # ---- validation -------------------------------------------------------------------------
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, sums = self.group_losses(batch)
         self._val_sums = self._val_sums.to(self.device) + sums
+        self._val_skipped += self._record_skipped(batch.get("skipped", []), "val")
 
     def on_validation_epoch_end(self) -> None:
         sums = self._reduce(self._val_sums)
         self._val_sums = torch.zeros_like(self._val_sums)
+        skipped = float(self._reduce(torch.tensor([self._val_skipped], dtype=torch.float64))[0])
+        self._val_skipped = 0.0
         if self.trainer.sanity_checking:
             return
-        metrics = {"val/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum())}
+        metrics = {"val/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum()), "val/skipped": skipped}
         for g, name in enumerate(self.group_names):
             if sums[g, 1] > 0:
                 metrics[f"val/loss_{name}"] = _ratio(sums[g, 0], sums[g, 1])
