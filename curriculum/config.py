@@ -126,6 +126,12 @@ class OptimConfig:
             raise ConfigError(f"optim.scheduler={self.scheduler} is not allowed: use cosine or constant.")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps} is not allowed: use 0 or more.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} is not allowed: use 0 or more.")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas={list(self.betas)} is not allowed: use two values in [0, 1), e.g. [0.9, 0.999].")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} is not allowed: use a value in [0, 1].")
 
 
 @dataclass
@@ -197,6 +203,10 @@ class ScheduleConfig:
                     raise ConfigError(f"{key}.ramp.shape={r.shape} is not allowed: use linear or cosine.")
 
 
+# Lightning's precision settings this recipe supports (bf16/16 need a GPU).
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+
+
 def device_count(devices: Any) -> int | None:
     """Processes per node that `trainer.devices` asks Lightning for; None when only the machine knows (auto, -1)."""
     if isinstance(devices, bool):
@@ -236,6 +246,12 @@ class TrainerConfig:
             _positive("trainer.max_steps", self.max_steps)
         _positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches)
         _positive("trainer.num_nodes", self.num_nodes)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"trainer.precision={self.precision} is not allowed: use one of {', '.join(PRECISIONS)}.")
+        if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
+            raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val} is not allowed: use 0 or more (or null for none).")
+        if self.limit_val_batches is not None:
+            _positive("trainer.limit_val_batches", self.limit_val_batches)
         if device_count(self.devices) is None:
             raise ConfigError(
                 f"trainer.devices={self.devices!r} is not allowed: give the number of processes per node (e.g. 2) or "
