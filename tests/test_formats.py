@@ -206,6 +206,13 @@ def test_group_from_record_beats_file_group(folder):
 # --- invalid records -----------------------------------------------------------------------------
 
 
+def test_jsonl_line_cut_short_reports_its_own_column(folder):
+    path = write_jsonl(folder / "cut.jsonl", ['{"id": "0", "n": 1'])
+    (_, line, err), = iter_records(path)
+    # Column 19 is the end of line 1; counting the newline would report line 2, column 1.
+    assert line == 1 and err.reason == "invalid JSON: Expecting ',' delimiter (column 19)"
+
+
 def test_jsonl_broken_line_keeps_index_and_line(folder):
     path = write_jsonl(folder / "b.jsonl", [llava("0"), "", llava("1"), '{"id": "2", "conv', llava("3")])
     entries = list(iter_records(path))

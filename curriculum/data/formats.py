@@ -78,7 +78,7 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, int | None, dict | InvalidReco
             if not raw.strip():
                 continue
             try:
-                obj = json.loads(raw)
+                obj = json.loads(raw.rstrip(b"\r\n"))  # so an error at the end reports its column on this line
             except json.JSONDecodeError as err:
                 obj = InvalidRecordError(f"invalid JSON: {err.msg} (column {err.colno})")
             except UnicodeDecodeError as err:
