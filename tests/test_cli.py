@@ -140,11 +140,12 @@ def test_slurm_launcher_config_composes(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_with_a_failing_job_goes_on_and_is_reported(cache_dir, shapes, tmp_path):
-    run_cli(
+    sweep = run_cli(
         "train", "-m", "schedule.stages.blend.mix.text_only=0.0,1.5,0.4", "schedule.stages.align.steps=2",
         "schedule.stages.blend.steps=4", "data.num_workers=0", "trainer.val_every_n_steps=2", "export.enabled=false",
-        f"hydra.sweep.dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path}", check=False,
     )
+    assert sweep.returncode == 1 and "error: 1 job(s) of the sweep failed:" in sweep.stderr
     proc = run_cli("report", str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]

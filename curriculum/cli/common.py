@@ -20,6 +20,8 @@ from curriculum.data.sources import InvalidDataError
 
 USER_ERRORS = (ConfigError, InvalidDataError, DataFileError, SampleError, ImageError, FileNotFoundError)
 log = logging.getLogger("curriculum")
+# "<run folder>: <reason>" of each failed job of this process's multirun, for its exit code.
+FAILED_JOBS: list[str] = []
 
 
 def user_message(e: BaseException) -> str:
@@ -61,6 +63,7 @@ def run_task(
             on_failure(run_dir, first_line(e))
         if hc.mode == RunMode.MULTIRUN:
             log.error("job %s failed: %s", run_dir, first_line(e))
+            FAILED_JOBS.append(f"{run_dir}: {first_line(e)}")
             return
         if isinstance(e, USER_ERRORS):
             print(f"error: {user_message(e)}", file=sys.stderr)

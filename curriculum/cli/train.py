@@ -11,7 +11,7 @@ import time
 
 from omegaconf import DictConfig
 
-from curriculum.cli.common import hydra_main, run_task
+from curriculum.cli.common import FAILED_JOBS, hydra_main, run_task
 from curriculum.config import ConfigError, RunConfig
 from curriculum.recipe import train, write_status
 from curriculum.resume import find_run
@@ -53,6 +53,10 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     _main()
+    if FAILED_JOBS:
+        # The other jobs ran to their end; the exit code still tells scripts that the sweep is incomplete.
+        print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed:\n" + "\n".join(FAILED_JOBS), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
