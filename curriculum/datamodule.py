@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -36,6 +38,26 @@ class _RankSlices:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class StreamLoader(DataLoader):
+    """The training DataLoader; its state is the global stream position, checkpointed by Lightning.
+
+    The sampler already starts at the restored step, so restoring only checks that both agree.
+    """
+
+    def __init__(self, *args, position: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._position = position
+
+    def state_dict(self) -> dict:
+        """The global position of the next sample to draw."""
+        return {"position": self._position()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Check that the checkpoint's position is where this loader starts."""
+        if state["position"] != self._position():
+            raise RuntimeError(f"the checkpoint's stream position {state['position']} differs from the restored {self._position()}")
 
 
 class CurriculumDataModule(pl.LightningDataModule):
@@ -84,8 +106,8 @@ class CurriculumDataModule(pl.LightningDataModule):
             start_step=start_step,
         )
 
-    def _loader(self, dataset: Dataset, batch_sampler, persistent: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset: Dataset, batch_sampler, persistent: bool, loader: type[DataLoader] = DataLoader, **extra) -> DataLoader:
+        return loader(
             dataset,
             batch_sampler=batch_sampler,
             collate_fn=self.collator,
@@ -93,18 +115,22 @@ class CurriculumDataModule(pl.LightningDataModule):
             persistent_workers=persistent and self.num_workers > 0,
             # Its own generator: starting workers must not draw from the global RNG a resume restores.
             generator=torch.Generator().manual_seed(0),
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:
         # On resume Lightning has restored global_step already: the stream continues from there.
         start = self.trainer.global_step if self.trainer is not None else 0
-        return self._loader(RecordDataset(self.train), self.train_sampler(start), persistent=False)
+        return self._loader(RecordDataset(self.train), self.train_sampler(start), persistent=False, loader=StreamLoader, position=self.position)
+
+    def position(self) -> int:
+        """Global stream position of the next sample: optimizer steps done x global batch."""
+        return (self.trainer.global_step if self.trainer is not None else 0) * self.stream.global_batch
 
     def state_dict(self) -> dict:
         """Sampler position, schedule and data fingerprints, saved in every checkpoint."""
-        step = self.trainer.global_step if self.trainer is not None else 0
         return {
-            "position": step * self.stream.global_batch,
+            "position": self.position(),
             "global_batch": self.stream.global_batch,
             "fingerprint": self.stream.schedule.fingerprint(),
             "data": self.data_fingerprint,

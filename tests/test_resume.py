@@ -274,3 +274,16 @@ def test_resume_refuses_data_files_whose_records_changed(tmp_path, cache_dir):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: resume: the data files' records changed since the checkpoint")
     assert (run / "plan.json").read_text() == plan_before
+
+
+def test_stream_loader_state_is_the_position_and_a_mismatch_is_refused():
+    from curriculum.datamodule import StreamLoader
+
+    at = {"position": 48}
+    loader = StreamLoader(list(range(4)), position=lambda: at["position"])
+    state = loader.state_dict()
+    assert state == {"position": 48}
+    loader.load_state_dict(state)
+    at["position"] = 56
+    with pytest.raises(RuntimeError, match="stream position 48 differs from the restored 56"):
+        loader.load_state_dict(state)
