@@ -117,14 +117,29 @@ def refused_change(old: RunConfig, new: RunConfig, key: str, done: int) -> bool:
     # and the ramp's length must stay.
     o, n = old.schedule.stages[name], new.schedule.stages[name]
     finished_before = old_starts[name] + o.steps < done
-    return finished_before or n.steps < done - old_starts[name] or ramp_steps(o) != ramp_steps(n)
+    return (
+        finished_before
+        or n.steps < done - old_starts[name]
+        or ramp_steps(o) != ramp_steps(n)
+        or _moves_started_megabatch(old, o.steps, n.steps, done - old_starts[name])
+    )
+
+
+def _moves_started_megabatch(cfg: RunConfig, old_steps: int, new_steps: int, done_in_stage: int) -> bool:
+    """A megabatch of several steps is clipped to its stage: a new stage length must not move the end of one under way."""
+    s, batch = cfg.schedule, cfg.global_batch()
+    if not s.length_grouping or not s.megabatch or s.megabatch <= batch:
+        return False
+    k = s.megabatch // batch
+    first = done_in_stage // k * k
+    return done_in_stage > first and min(first + k, old_steps) != min(first + k, new_steps)
 
 
 def pin_started_ramps(old: RunConfig, new: RunConfig, done: int) -> None:
     """Keep the ramp length of a started stage whose `steps` change (a fraction ramp would rescale its past)."""
     for name, start in _stage_starts(old).items():
         o, n = old.schedule.stages[name], new.schedule.stages.get(name)
-        if start < done and n is not None and n.steps != o.steps and n.ramp is not None and o.ramp is not None:
+        if start < done <= start + o.steps and n is not None and n.steps != o.steps and n.ramp is not None and o.ramp is not None:
             if n.ramp == o.ramp and ramp_steps(n) != ramp_steps(o):  # the user left the ramp as it was
                 n.ramp = RampConfig(steps=ramp_steps(o), fraction=None, shape=o.ramp.shape)
 
@@ -135,7 +150,8 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     if not os.path.isfile(ckpt):
         raise ConfigError(f"resume={cfg.resume}: {ckpt} does not exist; the run stopped before its first checkpoint, start it again.")
     base_raw = saved_config(run_dir)
-    old = validate(base_raw)
+    # The saved config ran; rules added since must not lock its run out (the new config is checked).
+    old = validate(base_raw, check=False)
     new_raw = apply_overrides(base_raw, overrides)
     new = validate(new_raw)
     done, data_fingerprint = checkpoint_position(ckpt)

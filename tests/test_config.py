@@ -70,3 +70,8 @@ def test_tensorboard_logger_without_the_package_is_refused(monkeypatch):
 def test_world_size_counts_the_processes_devices_asks_for(devices, processes):
     cfg = check(trainer={"devices": devices, "num_nodes": 2, "accumulate_grad_batches": 2}, data={"micro_batch_size": 3})
     assert cfg.world_size() == 2 * processes and cfg.global_batch() == 3 * 2 * processes * 2
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "32", "bf16", 16])
+def test_lightning_precision_names_and_aliases_are_accepted(precision):
+    assert check(trainer={"precision": precision}).trainer.precision == str(precision)

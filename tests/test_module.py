@@ -76,6 +76,15 @@ def test_frozen_tower_dummy_runs_only_the_projector(arch):
     assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
 
 
+def test_frozen_tower_dummy_first_captured_in_inference_mode_still_trains(llava_path):
+    module, collate = module_for(llava_path, tower_frozen=True)
+    batch = collate([record("t", "Q?", "A.")])
+    with torch.inference_mode():  # e.g. a trainer.validate before training
+        module.group_losses(batch)
+    module.group_losses(batch)[0].backward()
+    assert all(g is not None for g in grads_of(module, "projector"))
+
+
 def test_without_dummy_text_only_batch_leaves_projector_without_grad(llava_path):
     module, collate = module_for(llava_path, dummy=False)
     module.group_losses(collate([record("t", "Q?", "A.")]))[0].backward()

@@ -247,3 +247,15 @@ def test_report_roundtrip():
     entry = {"source": "f", "index": 0, "line": None, "id": None, "reason": "r"}
     report = LoadReport(groups={"a": 1}, sources={"f": {"a": 1}}, invalid=[entry])
     assert LoadReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+
+
+def test_content_digest_follows_the_records_not_their_folders(tmp_path):
+    def table(folder, answer="A."):
+        folder.mkdir()
+        Image.new("RGB", (4, 4)).save(folder / "a.png")
+        path = write_jsonl(folder / "d.jsonl", [llava("i0", "a.png"), llava("t0", answer=answer)])
+        return build_record_table([path], out_path=str(folder / "t.arrow"))[0]
+
+    here, moved, edited = table(tmp_path / "here"), table(tmp_path / "moved"), table(tmp_path / "edited", answer="B.")
+    assert here[0]["images"] != moved[0]["images"]
+    assert here.content_digest() == moved.content_digest() != edited.content_digest()

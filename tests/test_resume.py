@@ -232,7 +232,7 @@ def fake_run(tmp_path, done: int, *overrides: str):
 
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
-    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra").mkdir(parents=True)
     (tmp_path / "checkpoints").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
     torch.save({"global_step": done}, tmp_path / "checkpoints" / "last.ckpt")
@@ -287,3 +287,33 @@ def test_stream_loader_state_is_the_position_and_a_mismatch_is_refused():
     at["position"] = 56
     with pytest.raises(RuntimeError, match="stream position 48 differs from the restored 56"):
         loader.load_state_dict(state)
+
+
+def test_resume_refuses_a_new_stage_length_that_moves_a_started_megabatch(tmp_path):
+    from curriculum.config import ConfigError, validate
+    from curriculum.resume import apply_overrides, prepare, saved_config
+
+    # Global batch 8, megabatch of 4 steps; blend has 10 steps, so its last megabatch is blend steps 8-9.
+    def resume_at(done_in_blend):
+        run = fake_run(tmp_path / str(done_in_blend), 2 + done_in_blend, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=10",
+                       "schedule.length_grouping=true", "schedule.megabatch=32", "schedule.stages.blend.ramp.fraction=null",
+                       "schedule.stages.blend.ramp.steps=2")
+        cfg = validate(apply_overrides(saved_config(run), [f"resume={run}"]))
+        cfg.resume = str(run)
+        return prepare(cfg, str(run), ["schedule.stages.blend.steps=12"])
+
+    with pytest.raises(ConfigError, match="schedule.stages.blend.steps"):
+        resume_at(9)  # step 8 was trained from a megabatch sorted over steps 8-9 only
+    assert resume_at(8).cfg.schedule.stages["blend"].steps == 12  # the last megabatch has not started
+
+
+def test_changing_a_finished_stage_is_refused_by_its_own_key(tmp_path):
+    from curriculum.config import ConfigError, validate
+    from curriculum.resume import apply_overrides, prepare, saved_config
+
+    run = fake_run(tmp_path, 11, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8",
+                   "+schedule.stages.extra.steps=4", "+schedule.stages.extra.mix={text_only: 1.0}")
+    cfg = validate(apply_overrides(saved_config(run), [f"resume={run}"]))
+    cfg.resume = str(run)
+    with pytest.raises(ConfigError, match=r"^resume: `schedule.stages.blend.steps` cannot change"):
+        prepare(cfg, str(run), ["schedule.stages.blend.steps=12"])

@@ -111,9 +111,21 @@ class RecordTable:
         self._lengths: np.ndarray | None = None
 
     def content_digest(self) -> str:
-        """Short sha256 of the table file: equal digests mean the same records in the same order."""
-        with open(self.path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+        """Short sha256 of what training reads, in order: ids, messages, groups and image file names.
+
+        Folders are left out, so the same data under another cache or mount gives the same digest.
+        """
+        h = hashlib.sha256()
+        for batch in self._batches:
+            images = batch.column("images")
+            names = pc.replace_substring_regex(pc.list_flatten(images), pattern=r"^.*[/\\]", replacement="")
+            for part in (batch.select(["id", "messages", "group"]), pa.record_batch([pc.list_value_length(images)], names=["n"]),
+                         pa.record_batch([names], names=["image"])):
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, part.schema) as writer:
+                    writer.write_batch(part)
+                h.update(sink.getvalue())
+        return h.hexdigest()[:16]
 
     @classmethod
     def open(cls, path: str) -> RecordTable:

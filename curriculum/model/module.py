@@ -74,7 +74,8 @@ def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
     try:
         # The RNG is left untouched (a tower with dropout would draw), so a resumed run, which
         # captures again, stays on the uninterrupted run's random stream.
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        # Plain tensors even when first called under inference mode: training steps replay them.
+        with torch.inference_mode(False), torch.no_grad(), torch.random.fork_rng(devices=cuda):
             model.get_image_features(**inputs)
     finally:
         for h in hooks:
@@ -232,7 +233,8 @@ class VLMModule(pl.LightningModule):
         state = checkpoint["curriculum"]
         self.drawn_total = torch.tensor(state["drawn_total"], dtype=torch.float64)
         self.skipped_total = state["skipped_total"]
-        self.trained_tokens = state.get("trained_tokens", 0.0)
+        # NaN for checkpoints that predate the count: unknown, so the "nothing trained" check stays quiet.
+        self.trained_tokens = state.get("trained_tokens", math.nan)
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         kind, keys, pos, has_gauss, gauss = rng["numpy"]
