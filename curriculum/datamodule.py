@@ -40,6 +40,11 @@ class _RankSlices:
         return len(self.batches)
 
 
+def data_fingerprint(train: RecordTable, val: RecordTable | None) -> str:
+    """What the sample stream and the validation losses depend on; a resume must find it unchanged."""
+    return "/".join(t.content_digest() if t is not None else "-" for t in (train, val))
+
+
 class StreamLoader(DataLoader):
     """The training DataLoader; its state is the global stream position, checkpointed by Lightning.
 
@@ -75,6 +80,7 @@ class CurriculumDataModule(pl.LightningDataModule):
         accumulate: int,
         total_steps: int,
         num_workers: int,
+        fingerprint: str,
     ):
         super().__init__()
         self.train = train
@@ -86,8 +92,7 @@ class CurriculumDataModule(pl.LightningDataModule):
         self.total_steps = total_steps
         self.num_workers = num_workers
         self.stream = stream
-        # What the sample stream and the validation losses depend on; a resume must find it unchanged.
-        self.data_fingerprint = "/".join(t.content_digest() if t is not None else "-" for t in (train, val))
+        self.data_fingerprint = fingerprint
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

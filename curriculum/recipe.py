@@ -15,7 +15,7 @@ from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints
 from curriculum.config import ConfigError, Mode, RunConfig
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
-from curriculum.datamodule import CurriculumDataModule
+from curriculum.datamodule import CurriculumDataModule, data_fingerprint
 from curriculum.export import export_model
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
@@ -82,9 +82,19 @@ def build_stream(cfg: RunConfig, bundle: DataBundle) -> tuple[CurriculumStream, 
     return stream, cfg.trainer.max_steps or schedule.total_steps
 
 
-def build_parts(cfg: RunConfig, run_dir: str) -> Parts:
-    """Data, schedule stream, processor, model and datamodule for a run folder."""
+def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None) -> Parts:
+    """Data, schedule stream, processor, model and datamodule for a run folder.
+
+    `resumed_data` is the data fingerprint of the checkpoint a resume continues from, checked
+    before the model loads.
+    """
     bundle = load_checked_data(cfg)
+    fingerprint = data_fingerprint(bundle.train, bundle.val)
+    if resumed_data not in (None, fingerprint):
+        raise ConfigError(
+            f"resume: the data files' records changed since the checkpoint (train/val {resumed_data} -> {fingerprint}), "
+            "so the sample stream would differ; restore the files or start a new run."
+        )
     stream, run_steps = build_stream(cfg, bundle)
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
     processor = load_processor(path)
@@ -112,6 +122,7 @@ def build_parts(cfg: RunConfig, run_dir: str) -> Parts:
         accumulate=cfg.trainer.accumulate_grad_batches,
         total_steps=run_steps,
         num_workers=cfg.data.num_workers,
+        fingerprint=fingerprint,
     )
     return Parts(bundle, stream, run_steps, processor, module, datamodule, build_plan(bundle, stream, run_steps))
 
@@ -217,12 +228,7 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
         cfg = resumed.cfg
         log.info("resuming %s at step %d%s", run_dir, resumed.step, "; changes: " + ", ".join(resumed.changes) if resumed.changes else "")
     pl.seed_everything(cfg.seed, workers=True)
-    parts = build_parts(cfg, run_dir)
-    if resumed and resumed.data_fingerprint not in (None, parts.datamodule.data_fingerprint):
-        raise ConfigError(
-            f"resume: the data files' records changed since the checkpoint (train/val {resumed.data_fingerprint} -> "
-            f"{parts.datamodule.data_fingerprint}), so the sample stream would differ; restore the files or start a new run."
-        )
+    parts = build_parts(cfg, run_dir, resumed.data_fingerprint if resumed else None)
     trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
     if trainer.is_global_zero:
         write_status(run_dir, "running")
