@@ -46,8 +46,8 @@ class RunCheckpoints(pl.Callback):
         if batch_idx % trainer.accumulate_grad_batches == 0 and step in self.starts:
             st = self.starts[step]
             t = st.trainable
-            log.info("stage %s starts at step %d (vision %s, projector %s, language %s, lr x%g)",
-                     st.name, step, t.vision.value, t.projector.value, t.language.value, st.lr_scale)
+            log.info("stage %s starts at step %d (vision %s, projector %s, language %s; lr %g, %d warmup steps, %s)",
+                     st.name, step, t.vision.value, t.projector.value, t.language.value, st.lr.peak, st.lr.warmup_steps, st.lr.scheduler)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:

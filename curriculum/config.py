@@ -115,15 +115,15 @@ class OptimConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Each stage runs this schedule over its own steps unless the stage sets its own keys:
+    # linear warmup, then cosine or linear decay to min_lr_ratio * lr at the stage's end (or constant).
     warmup_steps: int = 10
-    # Cosine decay to min_lr_ratio * lr at the last step; "constant" keeps lr after warmup.
     scheduler: str = "cosine"
     min_lr_ratio: float = 0.1
 
     def check(self) -> None:
         _positive("optim.lr", self.lr)
-        if self.scheduler not in ("cosine", "constant"):
-            raise ConfigError(f"optim.scheduler={self.scheduler} is not allowed: use cosine or constant.")
+        _check_scheduler("optim.scheduler", self.scheduler)
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps} is not allowed: use 0 or more.")
         if self.weight_decay < 0:
@@ -132,6 +132,14 @@ class OptimConfig:
             raise ConfigError(f"optim.betas={list(self.betas)} is not allowed: use two values in [0, 1), e.g. [0.9, 0.999].")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} is not allowed: use a value in [0, 1].")
+
+
+SCHEDULERS = ("cosine", "linear", "constant")
+
+
+def _check_scheduler(key: str, value: str) -> None:
+    if value not in SCHEDULERS:
+        raise ConfigError(f"{key}={value} is not allowed: use one of {', '.join(SCHEDULERS)}.")
 
 
 @dataclass
@@ -158,6 +166,13 @@ class StageConfig:
     ramp: Optional[RampConfig] = None
     trainable: StageTrainable = field(default_factory=StageTrainable)
     lr_scale: float = 1.0
+    # The stage's own LR schedule over its steps; null keeps optim's value. Peak = lr x lr_scale.
+    lr: Optional[float] = None
+    # Warmup in steps (clipped to the stage) or as a fraction of the stage's steps; give at most one.
+    warmup_steps: Optional[int] = None
+    warmup_fraction: Optional[float] = None
+    scheduler: Optional[str] = None
+    min_lr_ratio: Optional[float] = None
 
 
 @dataclass
@@ -182,6 +197,21 @@ class ScheduleConfig:
             key = f"schedule.stages.{name}"
             _positive(f"{key}.steps", st.steps)
             _positive(f"{key}.lr_scale", st.lr_scale)
+            if st.lr is not None:
+                _positive(f"{key}.lr", st.lr)
+            if st.scheduler is not None:
+                _check_scheduler(f"{key}.scheduler", st.scheduler)
+            if st.min_lr_ratio is not None and not 0 <= st.min_lr_ratio <= 1:
+                raise ConfigError(f"{key}.min_lr_ratio={st.min_lr_ratio} is not allowed: use a value in [0, 1].")
+            if st.warmup_steps is not None and st.warmup_steps < 0:
+                raise ConfigError(f"{key}.warmup_steps={st.warmup_steps} is not allowed: use 0 or more.")
+            if st.warmup_fraction is not None and not 0 <= st.warmup_fraction <= 1:
+                raise ConfigError(f"{key}.warmup_fraction={st.warmup_fraction} is not allowed: use a value in [0, 1].")
+            if st.warmup_steps is not None and st.warmup_fraction is not None:
+                raise ConfigError(
+                    f"{key} has both warmup_steps={st.warmup_steps} and warmup_fraction={st.warmup_fraction}: give at most one, "
+                    f"e.g. add {key}.warmup_steps=null to use the fraction."
+                )
             if not st.mix:
                 raise ConfigError(f"{key}.mix is empty: give the fraction of each group, e.g. {{image_text: 1.0}}.")
             if st.ramp is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -23,15 +24,50 @@ class RecordDataset(Dataset):
         return len(self.table)
 
     def __getitem__(self, i: int) -> dict:
-        return self.table[int(i)]
+        return {**self.table[int(i)], "row": int(i)}
+
+
+class NextInGroup:
+    """Replacement candidates for a training record: the following rows of its group, wrapping around.
+
+    A pure function of the record's row, so a replaced sample is the same in every run and resume.
+    """
+
+    def __init__(self, table: RecordTable):
+        self.dataset = RecordDataset(table)
+        self.rows = table.group_indices()
+
+    def __call__(self, record: dict) -> Iterator[dict]:
+        rows = self.rows[record["group"]]
+        at = int(np.searchsorted(rows, record["row"]))
+        for k in range(1, len(rows)):
+            yield self.dataset[int(rows[(at + k) % len(rows)])]
+
+
+def stratified_order(groups: np.ndarray) -> np.ndarray:
+    """Row order in which every prefix holds each group in proportion (within one row per group).
+
+    Validation batches follow it, so `trainer.limit_val_batches` validates every group.
+    """
+    names, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
+    sizes = np.array([len(m) for m in members], dtype=np.int64)
+    taken = np.zeros(len(names), np.int64)
+    order = np.empty(len(groups), np.int64)
+    for k in range(len(groups)):
+        # Integer form of "largest target (k+1) * size / n minus taken", ties by group name.
+        g = int(np.argmax((k + 1) * sizes - taken * len(groups)))
+        order[k] = members[g][taken[g]]
+        taken[g] += 1
+    return order
 
 
 class _RankSlices:
-    """Contiguous, rank-strided validation batches: every record is seen once across ranks."""
+    """Rank-strided validation batches over a row order: every record is seen once across ranks."""
 
-    def __init__(self, n: int, batch: int, rank: int, world: int):
-        starts = list(range(0, n, batch))
-        self.batches = [list(range(s, min(n, s + batch))) for s in starts[rank::world]]
+    def __init__(self, order: np.ndarray, batch: int, rank: int, world: int):
+        starts = list(range(0, len(order), batch))
+        self.batches = [order[s : s + batch].tolist() for s in starts[rank::world]]
 
     def __iter__(self):
         return iter(self.batches)
@@ -93,6 +129,7 @@ class CurriculumDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.stream = stream
         self.data_fingerprint = fingerprint
+        self._val_order: np.ndarray | None = None
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -112,10 +149,10 @@ class CurriculumDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, dataset: Dataset, batch_sampler, persistent: bool, loader: type[DataLoader] = DataLoader, **extra) -> DataLoader:
+        extra.setdefault("collate_fn", self.collator)
         return loader(
             dataset,
             batch_sampler=batch_sampler,
-            collate_fn=self.collator,
             num_workers=self.num_workers,
             persistent_workers=persistent and self.num_workers > 0,
             # Its own generator: starting workers must not draw from the global RNG a resume restores.
@@ -126,7 +163,10 @@ class CurriculumDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # On resume Lightning has restored global_step already: the stream continues from there.
         start = self.trainer.global_step if self.trainer is not None else 0
-        return self._loader(RecordDataset(self.train), self.train_sampler(start), persistent=False, loader=StreamLoader, position=self.position)
+        collate = self.collator.with_replacements(NextInGroup(self.train))
+        return self._loader(
+            RecordDataset(self.train), self.train_sampler(start), persistent=False, loader=StreamLoader, position=self.position, collate_fn=collate
+        )
 
     def position(self) -> int:
         """Global stream position of the next sample: optimizer steps done x global batch."""
@@ -153,4 +193,6 @@ class CurriculumDataModule(pl.LightningDataModule):
         if self.val is None or len(self.val) == 0:
             return []
         rank, world = self._world()
-        return self._loader(RecordDataset(self.val), _RankSlices(len(self.val), self.val_micro_batch, rank, world), persistent=True)
+        if self._val_order is None:
+            self._val_order = stratified_order(self.val.table.column("group").to_numpy(zero_copy_only=False))
+        return self._loader(RecordDataset(self.val), _RankSlices(self._val_order, self.val_micro_batch, rank, world), persistent=True)

@@ -37,7 +37,7 @@ def stage_entries(stream: CurriculumStream, run_steps: int, group_sizes: dict[st
                 "ramp_steps": st.ramp_steps,
                 "passes": {g: (n / group_sizes[g] if group_sizes.get(g) else 0.0) for g, n in samples.items()},
                 "trainable": {c: getattr(st.trainable, c).value for c in COMPONENTS},
-                "lr_scale": st.lr_scale,
+                "lr": {"peak": st.lr.peak, "warmup_steps": st.lr.warmup_steps, "scheduler": st.lr.scheduler, "min_lr_ratio": st.lr.min_lr_ratio},
             }
         )
     return out

@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
@@ -51,17 +52,21 @@ def shards_parameters(cfg: RunConfig) -> bool:
 
 
 def needs_vision_dummy(cfg: RunConfig) -> bool:
-    """True when a micro-batch without images must still run the vision path (DDP / sharding safety)."""
+    """True when a micro-batch without images must still run the vision path (DDP / sharding safety).
+
+    On one process no collective waits for the vision path, so a text-only batch skips it.
+    """
+    if shards_parameters(cfg):
+        return True
     t = cfg.trained_modes()
-    return t.vision is not Mode.frozen or t.projector is not Mode.frozen or shards_parameters(cfg)
+    return cfg.world_size() > 1 and (t.vision is not Mode.frozen or t.projector is not Mode.frozen)
 
 
 def build_vision_dummy(cfg: RunConfig, processor, model) -> VisionDummy | None:
-    """The recipe's vision dummy: none when not needed, projector-only when the tower is frozen and unsharded."""
+    """The recipe's vision dummy: none when not needed; the whole tower when parameters are sharded."""
     if not needs_vision_dummy(cfg):
         return None
-    tower_frozen = cfg.trained_modes().vision is Mode.frozen and not shards_parameters(cfg)
-    return VisionDummy(vision_dummy_inputs(processor, model), tower_frozen)
+    return VisionDummy(vision_dummy_inputs(processor, model), full_tower=shards_parameters(cfg))
 
 
 def load_checked_data(cfg: RunConfig) -> DataBundle:
@@ -82,11 +87,11 @@ def build_stream(cfg: RunConfig, bundle: DataBundle) -> tuple[CurriculumStream, 
     return stream, cfg.trainer.max_steps or schedule.total_steps
 
 
-def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None) -> Parts:
+def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, start_step: int = 0) -> Parts:
     """Data, schedule stream, processor, model and datamodule for a run folder.
 
     `resumed_data` is the data fingerprint of the checkpoint a resume continues from, checked
-    before the model loads.
+    before the model loads; `start_step` the step it continues at.
     """
     bundle = load_checked_data(cfg)
     fingerprint = data_fingerprint(bundle.train, bundle.val)
@@ -104,10 +109,11 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None) -
         model,
         stream.schedule,
         cfg.optim,
-        run_steps,
         vision_dummy=build_vision_dummy(cfg, processor, model),
         skipped_log=os.path.join(run_dir, "skipped.jsonl"),
         sample_id_dir=os.path.join(run_dir, SAMPLE_IDS) if cfg.logger.sample_ids else None,
+        start_step=start_step,
+        toggle_requires_grad=not shards_parameters(cfg),
     )
     unused = freeze_unused_parameters(module, collator(_probe_records(bundle)))
     if unused:
@@ -144,6 +150,8 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         # On resume, TensorBoard discards the events the killed process wrote at or after the checkpoint.
         purge = {"purge_step": resume_step} if resume_step else {}
         loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", **purge))
+    # Components a stage freezes run in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     strategy = t.strategy
     if strategy == "ddp":
         from pytorch_lightning.strategies import DDPStrategy
@@ -228,7 +236,7 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
         cfg = resumed.cfg
         log.info("resuming %s at step %d%s", run_dir, resumed.step, "; changes: " + ", ".join(resumed.changes) if resumed.changes else "")
     pl.seed_everything(cfg.seed, workers=True)
-    parts = build_parts(cfg, run_dir, resumed.data_fingerprint if resumed else None)
+    parts = build_parts(cfg, run_dir, resumed.data_fingerprint if resumed else None, resumed.step if resumed else 0)
     trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
     if trainer.is_global_zero:
         write_status(run_dir, "running")

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from curriculum.config import ConfigError, RampConfig, RunConfig, validate
-from curriculum.schedule.stages import ramp_steps
+from curriculum.schedule.stages import ramp_steps, warmup_steps
 
 RUN_CONFIG = "run_config.yaml"
 CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "schedule", "hydra", "experiment"}
@@ -111,16 +111,18 @@ def refused_change(old: RunConfig, new: RunConfig, key: str, done: int) -> bool:
     if not started:
         return name in new_starts and new_starts[name] < done
     prefix = f"schedule.stages.{name}"
-    if key not in (f"{prefix}.steps", f"{prefix}.ramp.steps", f"{prefix}.ramp.fraction") or old_starts.get(name) != new_starts.get(name):
+    pinned = (f"{prefix}.steps", f"{prefix}.ramp.steps", f"{prefix}.ramp.fraction", f"{prefix}.warmup_steps", f"{prefix}.warmup_fraction")
+    if key not in pinned or old_starts.get(name) != new_starts.get(name):
         return True
-    # The current stage may grow or shrink its future, but not its past: the steps already done
-    # and the ramp's length must stay.
+    # The current stage may grow or shrink its future, but not its past: the steps already done,
+    # the ramp's length and the warmup's length must stay.
     o, n = old.schedule.stages[name], new.schedule.stages[name]
     finished_before = old_starts[name] + o.steps < done
     return (
         finished_before
         or n.steps < done - old_starts[name]
         or ramp_steps(o) != ramp_steps(n)
+        or warmup_steps(o, old.optim) != warmup_steps(n, new.optim)
         or _moves_started_megabatch(old, o.steps, n.steps, done - old_starts[name])
     )
 
@@ -136,12 +138,15 @@ def _moves_started_megabatch(cfg: RunConfig, old_steps: int, new_steps: int, don
 
 
 def pin_started_ramps(old: RunConfig, new: RunConfig, done: int) -> None:
-    """Keep the ramp length of a started stage whose `steps` change (a fraction ramp would rescale its past)."""
+    """Keep the ramp and warmup lengths of a started stage whose `steps` change (a fraction would rescale its past)."""
     for name, start in _stage_starts(old).items():
         o, n = old.schedule.stages[name], new.schedule.stages.get(name)
-        if start < done <= start + o.steps and n is not None and n.steps != o.steps and n.ramp is not None and o.ramp is not None:
-            if n.ramp == o.ramp and ramp_steps(n) != ramp_steps(o):  # the user left the ramp as it was
-                n.ramp = RampConfig(steps=ramp_steps(o), fraction=None, shape=o.ramp.shape)
+        if not (start < done <= start + o.steps and n is not None and n.steps != o.steps):
+            continue
+        if n.ramp is not None and o.ramp is not None and n.ramp == o.ramp and ramp_steps(n) != ramp_steps(o):  # left as it was
+            n.ramp = RampConfig(steps=ramp_steps(o), fraction=None, shape=o.ramp.shape)
+        if n.warmup_fraction is not None and n.warmup_fraction == o.warmup_fraction and warmup_steps(n, new.optim) != warmup_steps(o, old.optim):
+            n.warmup_steps, n.warmup_fraction = warmup_steps(o, old.optim), None
 
 
 def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:

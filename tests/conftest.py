@@ -10,7 +10,7 @@ import sys
 import pytest
 from PIL import Image
 
-from curriculum.config import RunConfig, ScheduleConfig, StageConfig
+from curriculum.config import OptimConfig, RunConfig, ScheduleConfig, StageConfig
 from curriculum.data.builtin import ensure_shapes
 from curriculum.schedule.stages import compile_schedule
 from curriculum.model.load import load_processor, resolve_model_path
@@ -55,9 +55,9 @@ def one_stage(steps: int = 10, mix: dict | None = None, **schedule) -> ScheduleC
     return ScheduleConfig(stages={"train": StageConfig(steps=steps, mix=mix or {"image_text": "rest", "text_only": 0.5})}, **schedule)
 
 
-def compiled(schedule: ScheduleConfig | None = None, groups=("image_text", "text_only"), sizes=None):
+def compiled(schedule: ScheduleConfig | None = None, groups=("image_text", "text_only"), sizes=None, optim: OptimConfig | None = None):
     """A compiled Schedule over `groups` (each with 100 records unless `sizes` says otherwise)."""
-    run = RunConfig(schedule=schedule or one_stage())
+    run = RunConfig(schedule=schedule or one_stage(), optim=optim or OptimConfig())
     run.check()
     return compile_schedule(run, list(groups), sizes or dict.fromkeys(groups, 100))
 

@@ -23,8 +23,9 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     multi = record("m", "How many sides has a square?", "Four.", source="x")
     multi["messages"] += [{"role": "user", "content": "And a triangle?"}, {"role": "assistant", "content": "Three."}]
     batch = Collator(processor, GROUPS, 512, "error")([record("i", "<image>\nWhat colour?", "Red.", [img]), multi])
-    assert supervised_text(processor, batch, 0) == "Red.<|im_end|>\n"
-    assert supervised_text(processor, batch, 1) == "Four.<|im_end|>\nThree.<|im_end|>\n"
+    # The answer and the end-of-turn token; not the template's newline after it.
+    assert supervised_text(processor, batch, 0) == "Red.<|im_end|>"
+    assert supervised_text(processor, batch, 1) == "Four.<|im_end|>Three.<|im_end|>"
     assert batch["group_ids"].tolist() == [0, 1]
     assert batch["sample_ids"] == ["i", "m"]
     # The image-text row carries the model's expanded image tokens; nothing of the prompt is supervised.
@@ -103,10 +104,40 @@ def test_placeholders_become_image_parts():
 
 def test_assistant_spans_are_exact(processor):
     text, spans = assistant_spans(processor, to_hf_messages(record("r", "Q?", "Yes.")["messages"]))
-    assert [text[a:b] for a, b in spans] == ["Yes.<|im_end|>\n"]
+    assert [text[a:b] for a, b in spans] == ["Yes.<|im_end|>"]
 
 
 def test_align_marks_inserted_tokens():
     assert align([1, 9, 9, 9, 2, 3], [1, 9, 2, 3]) == [0, 1, -1, -1, 2, 3]
     with pytest.raises(ValueError):
         align([1, 2], [1, 3])
+
+
+def test_collator_leaves_the_processor_settings_alone(processor):
+    processor.tokenizer.padding_side = "left"
+    pad = processor.tokenizer.pad_token
+    batch = Collator(processor, GROUPS, 512, "error")([record("t1", "2+2?", "4."), record("t2", "Hi", "Hello there.")])
+    assert batch["attention_mask"][0, -1] == 0  # training pads on the right
+    # The processor that gets exported keeps the base model's padding side and pad token.
+    assert processor.tokenizer.padding_side == "left" and processor.tokenizer.pad_token == pad
+
+
+def test_bos_is_handled_as_the_generation_path_does(processor):
+    from tokenizers.processors import TemplateProcessing
+
+    tok = processor.tokenizer
+    bos = tok.bos_token
+    # A tokenizer that adds BOS itself, with a template that does not write it (as Llama-style families).
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.bos_token_id)])
+    rec = record("t", "2+2?", "4.")
+    batch = Collator(processor, GROUPS, 512, "error")([rec])
+    ids = batch["input_ids"][0].tolist()
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    prompt = processor.apply_chat_template(to_hf_messages(rec["messages"][:1]), add_generation_prompt=True, tokenize=True, return_dict=True)
+    generation_ids = list(prompt["input_ids"][0] if isinstance(prompt["input_ids"][0], list) else prompt["input_ids"])
+    assert ids[: len(generation_ids)] == generation_ids
+    assert supervised_text(processor, batch, 0) == "4.<|im_end|>"
+    # A template that writes BOS itself gets none added.
+    processor.chat_template = bos + processor.chat_template
+    ids = Collator(processor, GROUPS, 512, "error")([rec])["input_ids"][0].tolist()
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import compiled, one_stage, png, record
-from curriculum.config import LoraConfig, Mode, ModelConfig, OptimConfig, TrainableConfig
+from curriculum.config import LoraConfig, Mode, ModelConfig, OptimConfig, ScheduleConfig, StageConfig, StageTrainable, TrainableConfig
 from curriculum.data.collate import Collator
 from curriculum.model.components import component_of
 from curriculum.model.load import load_model, load_processor
@@ -18,11 +18,11 @@ from curriculum.model.module import VisionDummy, VLMModule, freeze_unused_parame
 GROUPS = ["image_text", "text_only"]
 
 
-def module_for(path, trainable=None, peft=None, dummy=True, tower_frozen=False):
+def module_for(path, trainable=None, peft=None, dummy=True):
     processor = load_processor(path)
     model = load_model(ModelConfig(name_or_path=path, trainable=trainable or TrainableConfig(), peft=peft), path)
-    vision_dummy = VisionDummy(vision_dummy_inputs(processor, model), tower_frozen) if dummy else None
-    module = VLMModule(model, compiled(), OptimConfig(), 10, vision_dummy=vision_dummy)
+    vision_dummy = VisionDummy(vision_dummy_inputs(processor, model), full_tower=False) if dummy else None
+    module = VLMModule(model, compiled(), OptimConfig(), vision_dummy=vision_dummy)
     return module, Collator(processor, GROUPS, 512, "error")
 
 
@@ -35,9 +35,10 @@ def test_group_loss_sums_match_the_token_mean(llava_path, tmp_path):
     batch = collate([record("i", "<image>\nQ?", "Red.", [png(tmp_path / "a.png")]), record("t", "Q?", "Four sides.")])
     loss, sums = module.group_losses(batch)
     assert sums[:, 1].tolist() == [float((batch["labels"][r, 1:] != -100).sum()) for r in range(2)]
-    assert loss.item() == pytest.approx((sums[:, 0].sum() / sums[:, 1].sum()).item(), rel=1e-5)
+    # The loss is the token sum; the optimizer step divides by the global batch's tokens.
+    assert loss.item() == pytest.approx(sums[:, 0].sum().item(), rel=1e-5)
     hf = module.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")}, labels=batch["labels"])
-    assert loss.item() == pytest.approx(hf.loss.item(), rel=1e-4)
+    assert (loss / sums[:, 1].sum()).item() == pytest.approx(hf.loss.item(), rel=1e-4)
 
 
 def test_text_only_batch_runs_the_vision_path_with_zero_weight(arch, tmp_path):
@@ -57,7 +58,7 @@ def test_text_only_batch_runs_the_vision_path_with_zero_weight(arch, tmp_path):
 
 
 def test_frozen_tower_dummy_runs_only_the_projector(arch):
-    module, collate = module_for(arch, TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.full), tower_frozen=True)
+    module, collate = module_for(arch, TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.full))
     tower_calls = []
     for name in component_prefixes(module.model)["vision"]:
         module.model.get_submodule(name).register_forward_hook(lambda *_: tower_calls.append(1))
@@ -77,7 +78,7 @@ def test_frozen_tower_dummy_runs_only_the_projector(arch):
 
 
 def test_frozen_tower_dummy_first_captured_in_inference_mode_still_trains(llava_path):
-    module, collate = module_for(llava_path, tower_frozen=True)
+    module, collate = module_for(llava_path)
     batch = collate([record("t", "Q?", "A.")])
     with torch.inference_mode():  # e.g. a trainer.validate before training
         module.group_losses(batch)
@@ -111,8 +112,27 @@ def test_lora_trains_only_adapters_in_lora_components(llava_path):
 
 
 def test_lr_factor_warms_up_then_decays_to_the_floor():
-    module = VLMModule(torch.nn.Linear(2, 2), compiled(one_stage(20)), OptimConfig(warmup_steps=4, min_lr_ratio=0.1), 20)
+    optim = OptimConfig(warmup_steps=4, min_lr_ratio=0.1)
+    module = VLMModule(torch.nn.Linear(2, 2), compiled(one_stage(20), optim=optim), optim)
     assert [module.lr_factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert module.lr_factor(4) == pytest.approx(1.0)
     assert module.lr_factor(20) == pytest.approx(0.1)
     assert 0.1 < module.lr_factor(12) < 1.0 and not math.isnan(module.lr_factor(100))
+
+
+def test_each_stage_runs_its_own_lr_schedule():
+    stages = {
+        # LLaVA-style: the projector alone at 1e-3, then everything at 2e-5, each with its own warmup.
+        "align": StageConfig(steps=10, mix={"image_text": 1.0}, lr=1e-3, warmup_fraction=0.2, trainable=StageTrainable(language=Mode.frozen)),
+        "tune": StageConfig(steps=8, mix={"image_text": 1.0}, lr=2e-5, warmup_steps=2, scheduler="linear", min_lr_ratio=0.0),
+        "polish": StageConfig(steps=4, mix={"image_text": 1.0}, scheduler="constant", lr_scale=0.5),
+    }
+    optim = OptimConfig(lr=1e-4, warmup_steps=1)
+    module = VLMModule(torch.nn.Linear(2, 2), compiled(ScheduleConfig(stages=stages), optim=optim), optim)
+    lr = lambda step, comp=None: optim.lr * module.lr_factor(step, comp)  # noqa: E731
+    assert [lr(s) for s in (0, 1)] == pytest.approx([5e-4, 1e-3])  # 2 warmup steps (20% of 10)
+    assert lr(9) < lr(2) and lr(9) > 0.1 * 1e-3
+    assert lr(0, "language") == 0.0 and lr(10, "language") == pytest.approx(1e-5)  # frozen in align, warms up in tune
+    assert [lr(s) for s in (10, 11, 12)] == pytest.approx([1e-5, 2e-5, 2e-5])
+    assert lr(17) == pytest.approx(2e-5 * 1 / 6)  # linear to 0 at the stage's end
+    assert [lr(s) for s in (18, 19, 21)] == pytest.approx([1e-4 * 0.5] * 3)  # optim's warmup of 1 step, then constant x lr_scale

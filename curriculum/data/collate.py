@@ -8,8 +8,10 @@ tokens) by subsequence alignment. No token ids or templates are written per mode
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 
@@ -31,6 +33,8 @@ class _Prepared:
     text: str
     ids: list[int]
     supervised: list[bool]
+    # Whether the tokenizer adds its special tokens (BOS), as the processor's own chat path decides.
+    add_special_tokens: bool
 
 
 def to_hf_messages(messages: list[dict]) -> list[dict]:
@@ -49,7 +53,11 @@ def to_hf_messages(messages: list[dict]) -> list[dict]:
 
 
 def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and return it with the character spans of every assistant turn."""
+    """Render the conversation and return it with the character spans of every assistant turn.
+
+    A span is the turn's content and its end-of-turn marker; template whitespace after the
+    marker (the newline after `<|im_end|>`) is not part of it, so it is never supervised.
+    """
     text = processor.apply_chat_template(messages, tokenize=False)
     spans = []
     for i, m in enumerate(messages):
@@ -62,8 +70,20 @@ def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[in
                 "the processor's chat template does not render conversations prefix by prefix, so assistant "
                 "turns cannot be located; use a model whose template renders each turn independently"
             )
-        spans.append((len(before), len(upto)))
+        end = len(upto)
+        while end > len(before) and upto[end - 1].isspace():
+            end -= 1
+        spans.append((len(before), end))
     return text, spans
+
+
+def adds_special_tokens(tokenizer, text: str) -> bool:
+    """Whether tokenising the rendered `text` adds the tokenizer's special tokens.
+
+    The same rule as transformers' processor chat path (what generation sees): not when the
+    template already wrote the BOS token, so BOS is never doubled and never missing.
+    """
+    return not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
 
 
 def align(expanded: list[int], unexpanded: list[int]) -> list[int]:
@@ -80,21 +100,37 @@ def align(expanded: list[int], unexpanded: list[int]) -> list[int]:
     return out
 
 
-class Collator:
-    """Turns a list of canonical records into one model batch; invalid samples follow `on_invalid`."""
+Replacements = Callable[[dict], Iterator[dict]]
 
-    def __init__(self, processor, group_names: list[str], max_length: int, on_invalid: str):
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
+
+class Collator:
+    """Turns a list of canonical records into one model batch; invalid samples follow `on_invalid`.
+
+    With `replacements` (training), a sample that cannot be used is replaced by the first usable
+    record that `replacements(record)` yields (the next ones of its group), so every step trains
+    its planned per-group counts; without (validation), it is skipped and counted.
+    """
+
+    def __init__(self, processor, group_names: list[str], max_length: int, on_invalid: str, replacements: Replacements | None = None):
+        # A private copy: padding settings made for training must not reach the exported processor.
+        self.processor = copy.deepcopy(processor)
+        self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "right"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.replacements = replacements
         self.group_index = {g: i for i, g in enumerate(group_names)}
         self.max_length = max_length
         self.on_invalid = on_invalid
         self.image_token_ids = {
             i for i in (getattr(processor, "image_token_id", None), self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))) if isinstance(i, int)
         }
+
+    def with_replacements(self, replacements: Replacements) -> Collator:
+        """This collator replacing unusable samples from `replacements` (shares the processor)."""
+        out = copy.copy(self)
+        out.replacements = replacements
+        return out
 
     def __call__(self, records: list[dict]) -> dict:
         skipped: list[dict] = []
@@ -104,7 +140,8 @@ class Collator:
                 prepared.append(self._prepare(r))
             except (ImageError, SampleError) as e:
                 self._reject(r, str(e), skipped)
-        batch = self._encode(prepared, skipped)
+                prepared.append(self._replacement(r, skipped))
+        batch = self._encode([p for p in prepared if p is not None], skipped)
         batch["skipped"] = skipped
         # Every drawn record, skipped or not, so the realised mix can be checked against the plan.
         batch["drawn_group_ids"] = torch.tensor([self.group_index[r["group"]] for r in records], dtype=torch.long)
@@ -115,12 +152,35 @@ class Collator:
             raise SampleError(f"record {record['id']} ({record['source']}): {reason} (set data.on_invalid=skip to count and skip such records)")
         skipped.append({"id": record["id"], "source": record["source"], "reason": reason})
 
+    def _replacement(self, record: dict, skipped: list[dict]) -> _Prepared | None:
+        """The first usable record after `record` in its group (deterministic), noted on its skip entry."""
+        if self.replacements is None:
+            return None
+        for candidate in self.replacements(record):
+            try:
+                p = self._prepare(candidate)
+                self._check_alone(p)
+            except (ImageError, SampleError, ValueError):
+                continue  # unusable too; it is counted when it is drawn itself
+            skipped[-1]["replaced_by"] = candidate["id"]
+            return p
+        skipped[-1]["exhausted"] = record["group"]
+        return None
+
+    def _check_alone(self, p: _Prepared) -> None:
+        """Raise SampleError unless `p` processes and keeps supervised tokens on its own."""
+        _, keep, reasons = self._labels(self._process([p]), [p])
+        if not keep[0]:
+            raise SampleError(reasons[0])
+
     def _prepare(self, record: dict) -> _Prepared:
         images = [load_image(p) for p in record["images"]]
         text, spans = assistant_spans(self.processor, to_hf_messages(record["messages"]))
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        supervised = [any(a <= start < b for a, b in spans) for start, _ in enc["offset_mapping"]]
-        return _Prepared(record, images, text, list(enc["input_ids"]), supervised)
+        special = adds_special_tokens(self.tokenizer, text)
+        enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+        # Special tokens the tokenizer adds have empty offsets and are never supervised.
+        supervised = [b > a and any(lo <= a < hi for lo, hi in spans) for a, b in enc["offset_mapping"]]
+        return _Prepared(record, images, text, list(enc["input_ids"]), supervised, special)
 
     def _encode(self, prepared: list[_Prepared], skipped: list[dict]) -> dict:
         while True:
@@ -131,18 +191,26 @@ class Collator:
                 errors = [self._process_error(p) for p in prepared]
                 if not any(errors):
                     raise
+                kept = []
                 for p, err in zip(prepared, errors):
                     if err:
                         self._reject(p.record, f"the processor refused it: {err}", skipped)
-                prepared = [p for p, err in zip(prepared, errors) if not err]
+                        p = self._replacement(p.record, skipped)
+                    if p is not None:
+                        kept.append(p)
+                prepared = kept
                 continue
             labels, keep, reasons = self._labels(out, prepared)
             if all(keep):
                 break
+            kept = []
             for p, ok, why in zip(prepared, keep, reasons):
                 if not ok:
                     self._reject(p.record, why, skipped)
-            prepared = [p for p, ok in zip(prepared, keep) if ok]
+                    p = self._replacement(p.record, skipped)
+                if p is not None:
+                    kept.append(p)
+            prepared = kept
         if not prepared:
             return {"input_ids": torch.zeros(0, 0, dtype=torch.long), "group_ids": torch.zeros(0, dtype=torch.long), "sample_ids": []}
         width = min(out["input_ids"].shape[1], self.max_length)
@@ -161,8 +229,11 @@ class Collator:
         if not prepared:
             return {"input_ids": torch.zeros(0, 0, dtype=torch.long), "attention_mask": torch.zeros(0, 0, dtype=torch.long)}
         images = [p.images for p in prepared] if any(p.images for p in prepared) else None
+        special = prepared[0].add_special_tokens
+        if any(p.add_special_tokens != special for p in prepared):
+            raise SampleError("the chat template starts some conversations with BOS and others without")
         return self.processor(
-            text=[p.text for p in prepared], images=images, padding=True, add_special_tokens=False, return_tensors="pt"
+            text=[p.text for p in prepared], images=images, padding=True, add_special_tokens=special, return_tensors="pt"
         )
 
     def _process_error(self, p: _Prepared) -> str:

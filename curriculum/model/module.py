@@ -18,7 +18,7 @@ from PIL import Image
 from curriculum.config import COMPONENTS, Mode, OptimConfig
 from curriculum.data.collate import IGNORE_INDEX
 from curriculum.model.components import component_of, component_prefixes
-from curriculum.schedule.stages import Schedule
+from curriculum.schedule.stages import Schedule, Stage
 
 log = logging.getLogger("curriculum")
 _NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")
@@ -36,20 +36,27 @@ def vision_dummy_inputs(processor, model) -> dict:
 class VisionDummy:
     """Zero-weight pass over the vision path for a micro-batch without images.
 
-    Every trained vision/projector parameter then gets a (zero) gradient on every rank. With the
-    tower frozen and parameters not sharded, only the projector runs, on the tower's output for the
-    dummy image captured once: the frozen tower has no gradient to give and no collective to join.
+    Only needed when a collective expects every trained vision/projector parameter to take part in
+    every step (DDP, sharding): it then gets a (zero) gradient on every rank. While the tower does
+    not train and parameters are not sharded, only the projector runs, on the tower's output for
+    the dummy image, captured once per stage: a frozen tower has no gradient to give and no
+    collective to join.
     """
 
-    def __init__(self, inputs: dict, tower_frozen: bool):
+    def __init__(self, inputs: dict, full_tower: bool):
         self.inputs = inputs
-        self.tower_frozen = tower_frozen
+        # Sharded parameters: every rank must run the whole tower, trained or not.
+        self.full_tower = full_tower
         self._projector_calls: list | None = None
         self._placed: tuple | None = None
 
-    def term(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def reset(self) -> None:
+        """Forget the captured tower output (the tower may have trained since)."""
+        self._projector_calls, self._placed = None, None
+
+    def term(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, tower_trains: bool) -> torch.Tensor:
         """A zero scalar that depends on every trained parameter the vision path reaches."""
-        if self.tower_frozen:
+        if not (tower_trains or self.full_tower):
             if self._placed != (device, dtype):
                 self._projector_calls = _projector_calls(model, self._inputs_on(device, dtype))
                 self._placed = (device, dtype)
@@ -103,43 +110,127 @@ def _tensors(x):
 
 
 class VLMModule(pl.LightningModule):
-    """Trains `model` on collated batches and logs loss per mixing group every optimizer step."""
+    """Trains `model` stage by stage on collated batches and logs loss per mixing group every optimizer step.
+
+    What a stage's `trainable` says holds exactly: a component frozen in the current stage has no
+    gradient (requires_grad off, so no `.grad`, no optimizer-state change, no share of the clipping
+    norm) and runs in eval mode. The objective is the summed token loss of the whole global batch
+    divided by its supervised tokens, so how the batch is split over micro-batches and ranks does
+    not change the update.
+    """
 
     def __init__(
         self,
         model: torch.nn.Module,
         schedule: Schedule,
         optim: OptimConfig,
-        max_steps: int,
         vision_dummy: VisionDummy | None = None,
         skipped_log: str | None = None,
         sample_id_dir: str | None = None,
+        start_step: int = 0,
+        toggle_requires_grad: bool = True,
     ):
         super().__init__()
         self.model = model
         self.schedule = schedule
         self.group_names = list(schedule.groups)
         self.optim = optim
-        self.max_steps = max_steps
         # Run the vision path on a tiny input when a micro-batch has no image, so every rank calls the same modules.
         self.vision_dummy = vision_dummy
         self.skipped_log = skipped_log
         self.sample_id_dir = sample_id_dir
-        self._train_sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64)
+        # The step training starts (or resumes) at: its stage's trainability is set before any wrapper is built.
+        self.start_step = start_step
+        # Sharded wrappers fix the set of parameters with gradients; there a frozen stage drops gradients instead.
+        self.toggle_requires_grad = toggle_requires_grad
+        self._trained: dict[str, list[torch.nn.Parameter]] | None = None
+        self._stage: Stage | None = None
+        # (vision path trains, tower trains) in the current stage.
+        self._vision_path: tuple[bool, bool] = (False, False)
+        # Per group (loss sum, supervised tokens, drawn samples, trained samples) of the current optimizer step.
+        self._step_sums = torch.zeros(len(self.group_names), 4, dtype=torch.float64)
+        # Skipped samples and micro-batches with images of the current optimizer step.
+        self._step_extra = torch.zeros(2, dtype=torch.float64)
+        # (supervised tokens, micro-batches with images) of the step over all ranks, read before the optimizer step.
+        self._step_totals: tuple[float, float] | None = None
         self._val_sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64)
-        self._drawn = torch.zeros(len(self.group_names), dtype=torch.float64)
-        # Cumulative samples drawn per group over all ranks, and samples skipped; saved in checkpoints.
+        # Cumulative samples drawn and trained per group over all ranks, and samples skipped; saved in checkpoints.
         self.drawn_total = torch.zeros(len(self.group_names), dtype=torch.float64)
+        self.trained_total = torch.zeros(len(self.group_names), dtype=torch.float64)
         self.skipped_total = 0.0
-        self._skipped = 0.0
         self._val_skipped = 0.0
+        self._exhausted: set[str] = set()
         # Supervised tokens trained on over all ranks: zero at the end means nothing was learnt.
         self.trained_tokens = 0.0
+
+    # ---- stages -----------------------------------------------------------------------------
+
+    def trained_parameters(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Per component, the parameters trained in some stage (requires_grad when first asked)."""
+        if self._trained is None:
+            self._trained = {c: [] for c in COMPONENTS}
+            for name, p in self.model.named_parameters():
+                if p.requires_grad:
+                    self._trained[component_of(name)].append(p)
+        return self._trained
+
+    def enter_stage(self, stage: Stage) -> bool:
+        """Make `stage`'s trainability hold; True when the set of parameters with gradients changed."""
+        trained = self.trained_parameters()
+        self._stage = stage
+        changed = False
+        if self.toggle_requires_grad:
+            for comp, params in trained.items():
+                on = self._trains(comp)
+                changed |= any(p.requires_grad != on for p in params)
+                for p in params:
+                    p.requires_grad_(on)
+        tower = self._trains("vision") and bool(trained["vision"])
+        self._vision_path = (tower or self._trains("projector") and bool(trained["projector"]), tower)
+        if self.vision_dummy is not None:
+            self.vision_dummy.reset()
+        if self.training:
+            self.train()
+        return changed
+
+    def _trains(self, component: str) -> bool:
+        return self._stage is None or getattr(self._stage.trainable, component) is not Mode.frozen
+
+    def train(self, mode: bool = True):
+        """Train mode for the components the current stage trains; eval mode for the ones it freezes."""
+        super().train(mode)
+        if mode and self._stage is not None:
+            prefixes = component_prefixes(self.model)
+            # Outer modules first, so a component nested in another (a projector inside the vision module) keeps its own mode.
+            for prefix, comp in sorted(((p, c) for c in COMPONENTS for p in prefixes[c]), key=lambda x: x[0].count(".")):
+                is_trained = self._trains(comp) and bool(self.trained_parameters()[comp])
+                self.model.get_submodule(prefix).train(is_trained)
+        return self
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self._stage is None:
+            self.enter_stage(self.schedule.stage_at(self.start_step))
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if batch_idx % self.trainer.accumulate_grad_batches:
+            return
+        stage = self.schedule.stage_at(self.global_step)
+        if stage is not self._stage and self.enter_stage(stage):
+            self._rewrap_ddp()
+
+    def _rewrap_ddp(self) -> None:
+        """A fresh DDP wrapper whose reducer covers exactly the parameters that now have gradients."""
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and strategy.model is not self:
+            strategy.model = self
+            strategy.configure_ddp()
 
     # ---- forward and loss -------------------------------------------------------------------
 
     def group_losses(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean token loss of the batch and a [groups, 2] tensor of (loss sum, token count)."""
+        """Summed token loss of the batch and a [groups, 2] tensor of (loss sum, token count)."""
         sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64, device=self.device)
         if batch["input_ids"].numel() == 0:
             # Every sample was skipped: still touch every trained parameter so collectives match.
@@ -157,7 +248,7 @@ class VLMModule(pl.LightningModule):
         row_tokens = (labels != IGNORE_INDEX).sum(1)
         sums[:, 0].index_add_(0, batch["group_ids"], row_loss.detach().double())
         sums[:, 1].index_add_(0, batch["group_ids"], row_tokens.double())
-        loss = row_loss.sum() / row_tokens.sum().clamp(min=1)
+        loss = row_loss.sum()
         if "pixel_values" not in batch:
             loss = loss + self._dummy_vision_term()
         return loss, sums
@@ -165,39 +256,82 @@ class VLMModule(pl.LightningModule):
     def _dummy_vision_term(self) -> torch.Tensor:
         if self.vision_dummy is None:
             return torch.zeros((), device=self.device)
+        if self._stage is not None:
+            path, tower = self._vision_path
+        else:  # outside a stage (a probe before training): what has requires_grad now
+            trains = {c: False for c in COMPONENTS}
+            for n, p in self.model.named_parameters():
+                trains[component_of(n)] |= p.requires_grad
+            path, tower = trains["vision"] or trains["projector"], trains["vision"]
+        if not (path or self.vision_dummy.full_tower):
+            return torch.zeros((), device=self.device)
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
-        return self.vision_dummy.term(self.model, self.device, dtype)
+        return self.vision_dummy.term(self.model, self.device, dtype, tower)
 
     # ---- training ---------------------------------------------------------------------------
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, sums = self.group_losses(batch)
-        self._train_sums = self._train_sums.to(self.device) + sums
-        drawn = torch.bincount(batch["drawn_group_ids"], minlength=len(self.group_names)).double()
-        self._drawn = self._drawn.to(self.device) + drawn
-        self._skipped += self._record_skipped(batch.get("skipped", []), "train")
+        n = len(self.group_names)
+        step = torch.zeros(n, 4, dtype=torch.float64, device=self.device)
+        step[:, :2] = sums
+        step[:, 2] = torch.bincount(batch["drawn_group_ids"], minlength=n).double()
+        step[:, 3] = torch.bincount(batch["group_ids"], minlength=n).double()
+        self._step_sums = self._step_sums.to(self.device) + step
+        extra = [self._record_skipped(batch.get("skipped", []), "train"), float("pixel_values" in batch)]
+        self._step_extra = self._step_extra.to(self.device) + torch.tensor(extra, dtype=torch.float64, device=self.device)
         if self.sample_id_dir:
             with open(os.path.join(self.sample_id_dir, f"rank{self.global_rank}.jsonl"), "a", encoding="utf-8") as f:
                 entry = {"step": self.global_step, "micro_step": batch_idx % self.trainer.accumulate_grad_batches, "ids": batch["sample_ids"]}
-                f.write(json.dumps(entry) + "\n")
+                f.write(json.dumps(entry) + "\\n")
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             # Written before checkpoint callbacks run, so a checkpoint never precedes its step's row.
             self._log_step(self.global_step)
         return loss
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Turn the summed gradients into the global batch's token mean; drop what must not move.
+
+        Lightning divides each micro-batch loss by the accumulation steps and DDP averages over
+        ranks, so the summed-loss gradients are scaled by accumulation x ranks / global tokens.
+        Gradients are dropped (set to None, so AdamW leaves weights and state alone) for the
+        vision path on a step whose global batch holds no image (the zero-weight dummy's zeros),
+        for components the stage freezes where gradients could not be switched off, and for
+        everything on a step without any supervised token.
+        """
+        if self._step_totals is None:
+            return
+        tokens, image_batches = self._step_totals
+        self._step_totals = None
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens if tokens > 0 else 0.0
+        for comp, params in self.trained_parameters().items():
+            drop = scale == 0.0 or not self._trains(comp) or comp in ("vision", "projector") and image_batches == 0
+            for p in params:
+                if p.grad is None:
+                    continue
+                if drop:
+                    p.grad = None
+                else:
+                    p.grad.mul_(scale)
+
     def _log_step(self, step: int) -> None:
-        sums = self._reduce(self._train_sums)
-        self._train_sums = torch.zeros_like(self._train_sums)
-        self.drawn_total = self.drawn_total.to(self.device) + self._reduce(self._drawn)
-        self._drawn = torch.zeros_like(self._drawn)
-        self.skipped_total += float(self._reduce(torch.tensor([self._skipped], dtype=torch.float64))[0])
-        self._skipped = 0.0
+        # One collective per optimizer step for everything the step's row and update need.
+        n = len(self.group_names)
+        total = self._reduce(torch.cat([self._step_sums.to(self.device).flatten(), self._step_extra.to(self.device)]))
+        self._step_sums = torch.zeros_like(self._step_sums)
+        self._step_extra = torch.zeros_like(self._step_extra)
+        sums, (skipped, image_batches) = total[: 4 * n].view(n, 4), total[4 * n:].tolist()
+        self._step_totals = (float(sums[:, 1].sum()), image_batches)
+        self.drawn_total = self.drawn_total.to(self.device) + sums[:, 2]
+        self.trained_total = self.trained_total.to(self.device) + sums[:, 3]
+        self.skipped_total += skipped
         self.trained_tokens += float(sums[:, 1].sum())
         metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum()), "stage": float(self.schedule.stage_at(step).index)}
         for name, frac in self.schedule.mix_at(step).items():
             metrics[f"mix/{name}"] = frac
         for g, name in enumerate(self.group_names):
             metrics[f"samples/{name}"] = float(self.drawn_total[g])
+            metrics[f"trained/{name}"] = float(self.trained_total[g])
             if sums[g, 1] > 0:  # a group absent from this step leaves its loss cell empty
                 metrics[f"train/loss_{name}"] = _ratio(sums[g, 0], sums[g, 1])
             metrics[f"train/tokens_{name}"] = float(sums[g, 1])
@@ -218,6 +352,7 @@ class VLMModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["curriculum"] = {
             "drawn_total": self.drawn_total.tolist(),
+            "trained_total": self.trained_total.tolist(),
             "skipped_total": self.skipped_total,
             "trained_tokens": self.trained_tokens,
             # Plain containers and tensors only, so Lightning's weights_only loading accepts them.
@@ -232,6 +367,8 @@ class VLMModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["curriculum"]
         self.drawn_total = torch.tensor(state["drawn_total"], dtype=torch.float64)
+        # Checkpoints that predate the count trained every drawn sample that was not skipped.
+        self.trained_total = torch.tensor(state.get("trained_total", state["drawn_total"]), dtype=torch.float64)
         self.skipped_total = state["skipped_total"]
         # NaN for checkpoints that predate the count: unknown, so the "nothing trained" check stays quiet.
         self.trained_tokens = state.get("trained_tokens", math.nan)
@@ -248,6 +385,14 @@ class VLMModule(pl.LightningModule):
         """List skipped samples in skipped.jsonl (warning on the first one) and return how many there were."""
         if not skipped:
             return 0
+        for s in skipped:
+            group = s.get("exhausted")
+            if group and group not in self._exhausted:
+                self._exhausted.add(group)
+                log.error(
+                    "group %s has no usable sample left to replace skipped ones (first: %s): from step %d its steps train fewer "
+                    "%s samples than planned; trained/%s in metrics.csv shows how many", group, s["id"], self.global_step, group, group,
+                )
         if self.skipped_log:
             if not os.path.exists(self.skipped_log):
                 first = skipped[0]
@@ -293,38 +438,30 @@ class VLMModule(pl.LightningModule):
 
     def configure_optimizers(self):
         groups = []
+        trained = self.trained_parameters()
+        names = {p: n for n, p in self.model.named_parameters()}
         for comp in COMPONENTS:
             decay, no_decay = [], []
-            for name, p in self.model.named_parameters():
-                if p.requires_grad and component_of(name) == comp:
-                    (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+            for p in trained[comp]:
+                (no_decay if p.ndim < 2 or "norm" in names[p].lower() else decay).append(p)
             groups += [
                 {"params": decay, "weight_decay": self.optim.weight_decay, "component": comp},
                 {"params": no_decay, "weight_decay": 0.0, "component": comp},
             ]
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=tuple(self.optim.betas))
-        # One multiplier per parameter group: the stage's trainability and LR scale switch at stage
-        # boundaries without rebuilding the optimizer (a frozen stage sets lr, hence decay, to 0).
+        # Every parameter any stage trains is in the optimizer from the start; a stage that freezes
+        # a component leaves its gradients None, so AdamW skips it. LR follows each stage's schedule.
         lambdas = [lambda step, c=g["component"]: self.lr_factor(step, c) for g in groups]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_factor(self, step: int, component: str | None = None) -> float:
-        """LR multiplier at optimizer step `step`: warmup then cosine/constant, x stage scale, 0 if frozen."""
+        """LR at optimizer step `step` as a multiple of optim.lr: the stage's own schedule, 0 where it freezes `component`."""
         stage = self.schedule.stage_at(step)
         if component is not None and getattr(stage.trainable, component) is Mode.frozen:
             return 0.0
-        warm = self.optim.warmup_steps
-        if step < warm:
-            base = (step + 1) / warm
-        elif self.optim.scheduler == "constant":
-            base = 1.0
-        else:
-            progress = min(1.0, (step - warm) / max(1, self.max_steps - warm))
-            floor = self.optim.min_lr_ratio
-            base = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return base * stage.lr_scale
+        return stage.lr.at(step - stage.start_step, stage.steps) / self.optim.lr
 
 
 def freeze_unused_parameters(module: VLMModule, probe_batch: dict) -> list[str]:

@@ -14,10 +14,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curriculum.config import ConfigError, RunConfig, StageConfig, TrainableConfig
+from curriculum.config import ConfigError, OptimConfig, RunConfig, StageConfig, TrainableConfig
 
 UNITS = 1_000_000
 REST = "rest"
+
+
+@dataclass(frozen=True)
+class StageLR:
+    """A stage's learning-rate schedule over its own steps: linear warmup, then decay to the floor."""
+
+    peak: float
+    warmup_steps: int
+    scheduler: str
+    min_lr_ratio: float
+
+    def at(self, step: int, steps: int) -> float:
+        """Learning rate at stage-relative optimizer step `step` of a stage of `steps` steps."""
+        if step < self.warmup_steps:
+            return self.peak * (step + 1) / self.warmup_steps
+        if self.scheduler == "constant":
+            return self.peak
+        progress = min(1.0, (step - self.warmup_steps) / max(1, steps - self.warmup_steps))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.scheduler == "cosine" else 1 - progress
+        return self.peak * (self.min_lr_ratio + (1 - self.min_lr_ratio) * shape)
 
 
 @dataclass(frozen=True)
@@ -34,7 +54,7 @@ class Stage:
     ramp: np.ndarray
     mix: np.ndarray
     trainable: TrainableConfig
-    lr_scale: float
+    lr: StageLR
 
     @property
     def end_step(self) -> int:
@@ -146,6 +166,23 @@ def ramp_fractions(prev: np.ndarray, target: np.ndarray, cfg: StageConfig) -> np
     return prev + (target - prev) * t[:, None]
 
 
+def warmup_steps(cfg: StageConfig, optim: OptimConfig) -> int:
+    """Warmup steps of a stage: its `warmup_steps` or `warmup_fraction`, else optim's, clipped to the stage."""
+    if cfg.warmup_fraction is not None:
+        return min(cfg.steps, round(cfg.warmup_fraction * cfg.steps))
+    return min(cfg.steps, cfg.warmup_steps if cfg.warmup_steps is not None else optim.warmup_steps)
+
+
+def stage_lr(cfg: StageConfig, optim: OptimConfig) -> StageLR:
+    """A stage's LR schedule: its own keys where set, else the run-wide optim ones."""
+    return StageLR(
+        peak=(cfg.lr if cfg.lr is not None else optim.lr) * cfg.lr_scale,
+        warmup_steps=warmup_steps(cfg, optim),
+        scheduler=cfg.scheduler or optim.scheduler,
+        min_lr_ratio=cfg.min_lr_ratio if cfg.min_lr_ratio is not None else optim.min_lr_ratio,
+    )
+
+
 def compile_schedule(run: RunConfig, groups: list[str], available: dict[str, int]) -> Schedule:
     """Validated stages with exact per-step weights; raises ConfigError naming the stage key."""
     cfg = run.schedule
@@ -155,7 +192,7 @@ def compile_schedule(run: RunConfig, groups: list[str], available: dict[str, int
         mix = resolve_mix(key, dict(st.mix), groups, available)
         target = np.array([mix[g] for g in groups], dtype=np.float64)
         ramp = quantise(ramp_fractions(prev, target, st)) if prev is not None else np.zeros((0, len(groups)), np.int64)
-        stages.append(Stage(name, i, start, st.steps, ramp, quantise(target[None])[0], run.stage_modes(st), st.lr_scale))
+        stages.append(Stage(name, i, start, st.steps, ramp, quantise(target[None])[0], run.stage_modes(st), stage_lr(st, run.optim)))
         start += st.steps
         prev = target
     return Schedule(tuple(groups), tuple(stages), cfg.batching, cfg.length_grouping, cfg.megabatch)
