@@ -33,7 +33,7 @@ def test_defaults_are_valid():
         ({"model": {"dtype": "int8"}}, "model.dtype=int8 is not allowed"),
         ({"optim": {"scheduler": "step"}}, "optim.scheduler=step is not allowed: use one of cosine, linear, constant."),
         ({"schedule": {"stages": {"b": {"steps": 5, "mix": {"image_text": 1.0}, "scheduler": "step"}}}}, "schedule.stages.b.scheduler=step is not allowed"),
-        ({"schedule": {"stages": {"b": {"steps": 5, "mix": {"image_text": 1.0}, "lr": 0}}}}, "schedule.stages.b.lr=0 is not allowed: use a positive value."),
+        ({"schedule": {"stages": {"b": {"steps": 5, "mix": {"image_text": 1.0}, "lr": 0}}}}, "schedule.stages.b.lr=0.0 is not allowed: use a positive value."),
         (
             {"schedule": {"stages": {"b": {"steps": 5, "mix": {"image_text": 1.0}, "warmup_steps": 2, "warmup_fraction": 0.1}}}},
             "schedule.stages.b has both warmup_steps=2 and warmup_fraction=0.1: give at most one",
