@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo), find_unused_parameters=False, one rank with images and one text-only."""
+"""DDP on CPU (gloo), find_unused_parameters=False, with ranks or whole steps that have no image."""
 
 from __future__ import annotations
 
@@ -8,33 +8,77 @@ import subprocess
 import sys
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from conftest import REPO, png
+from curriculum.recipe import build_parts, build_trainer
+
+sys.path.insert(0, os.path.dirname(__file__))
+import ddp_worker  # noqa: E402
+
+
+def data_file(tmp_path) -> str:
+    img = png(tmp_path / "a.png")
+    lines = [{"id": f"img{k}", "image": img, "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]} for k in range(8)]
+    # Text-only answers of very different lengths: a per-rank token mean would weigh them differently.
+    lines += [{"id": f"txt{k}", "conversations": [{"from": "human", "value": f"{k}+1?"}, {"from": "gpt", "value": " ".join(["one"] * (1 + 5 * k))}]} for k in range(8)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(path)
+
+
+def run_ddp(tmp_path, case: str) -> tuple[list, list]:
+    data = data_file(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "ddp_worker.py"), str(out), data, case],
+        capture_output=True, text=True, timeout=240, cwd=str(tmp_path),  # a collective mismatch hangs
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    steps = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    seen = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return steps, seen
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("vision", ["full", "frozen"])  # full vision dummy / projector-only dummy
 def test_mixed_modality_ddp_completes_with_identical_parameters(tmp_path, cache_dir, shapes, vision):
-    img = png(tmp_path / "a.png")
-    lines = [{"id": f"img{k}", "image": img, "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]} for k in range(4)]
-    lines += [{"id": f"txt{k}", "conversations": [{"from": "human", "value": f"{k}+1?"}, {"from": "gpt", "value": f"{k + 1}."}]} for k in range(4)]
-    data = tmp_path / "mixed.jsonl"
-    data.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    out = tmp_path / "run"
-    out.mkdir()
-    proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tests", "ddp_worker.py"), str(out), str(data), vision],
-        capture_output=True, text=True, timeout=240, cwd=str(tmp_path),  # a collective mismatch hangs
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r0, r1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
-    seen0, seen1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    (s0, s1), (seen0, seen1) = run_ddp(tmp_path, vision)
     assert seen0 and all(s.startswith("img") for s in seen0)
     assert seen1 and all(s.startswith("txt") for s in seen1)
-    assert r0["trained"].keys() == r1["trained"].keys()
-    for name in r0["trained"]:
-        assert torch.equal(r0["trained"][name], r1["trained"][name]), name
-    changed = [n for n in r0["trained"] if not torch.equal(r0["trained"][n], r0["initial"][n])]
+    initial, final = s0[0]["params"], s0[-1]["params"]
+    for name in final:
+        assert torch.equal(final[name], s1[-1]["params"][name]), name
+    changed = [n for n in final if not torch.equal(final[n], initial[n])]
     assert any("multi_modal_projector" in n for n in changed)
     assert any("vision_tower" in n for n in changed) == (vision == "full")
+    # Frozen in `align`, trained in `blend` after the stage switch rebuilt the DDP reducer.
+    after_align = s0[1]["params"]
+    assert all(torch.equal(after_align[n], initial[n]) for n in final if "language_model" in n)
+    assert any("language_model" in n for n in changed)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_and_image_less_steps_leave_the_projector(tmp_path, cache_dir, shapes):
+    (s0, s1), _ = run_ddp(tmp_path, "grouped")
+    # The same global batches (2 ranks x 4) on one process (1 x 8) give the same parameters.
+    cfg = ddp_worker.config(str(tmp_path / "one"), data_file(tmp_path), "grouped")
+    cfg.trainer.devices, cfg.trainer.strategy, cfg.data.micro_batch_size = 1, "auto", 8
+    cfg.check()
+    pl.seed_everything(cfg.seed)
+    parts = build_parts(cfg, str(tmp_path / "one"))
+    build_trainer(cfg, str(tmp_path / "one"), parts).fit(parts.module, datamodule=parts.datamodule)
+    final = s0[-1]["params"]
+    for n, p in parts.module.model.named_parameters():
+        if n in final:
+            assert torch.equal(final[n], s1[-1]["params"][n]), n
+            torch.testing.assert_close(final[n], p.detach(), rtol=1e-4, atol=1e-6, msg=n)
+    text_steps = 0
+    for before, after in zip(s0, s0[1:]):
+        text_only = all(i.startswith("txt") for i in before["ids"])
+        text_steps += text_only
+        projector_moved = any(not torch.equal(before["params"][n], after["params"][n]) for n in final if "multi_modal_projector" in n)
+        assert projector_moved == (not text_only)
+    assert text_steps
