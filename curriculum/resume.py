@@ -145,7 +145,9 @@ def pin_started_ramps(old: RunConfig, new: RunConfig, done: int) -> None:
             continue
         if n.ramp is not None and o.ramp is not None and n.ramp == o.ramp and ramp_steps(n) != ramp_steps(o):  # left as it was
             n.ramp = RampConfig(steps=ramp_steps(o), fraction=None, shape=o.ramp.shape)
-        if n.warmup_fraction is not None and n.warmup_fraction == o.warmup_fraction and warmup_steps(n, new.optim) != warmup_steps(o, old.optim):
+        # A warmup given as a fraction, or clipped to the old length, keeps the steps it had.
+        same_keys = (n.warmup_steps, n.warmup_fraction) == (o.warmup_steps, o.warmup_fraction)
+        if same_keys and warmup_steps(n, new.optim) != warmup_steps(o, old.optim):
             n.warmup_steps, n.warmup_fraction = warmup_steps(o, old.optim), None
 
 

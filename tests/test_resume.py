@@ -256,6 +256,29 @@ def test_growing_the_current_stage_keeps_its_fraction_ramp_length(tmp_path):
         prepare(cfg, str(run), ["schedule.stages.blend.steps=12", "schedule.stages.blend.ramp.fraction=0.5"])
 
 
+def test_growing_the_current_stage_keeps_its_warmup_length(tmp_path):
+    from curriculum.config import ConfigError, validate
+    from curriculum.resume import apply_overrides, prepare, saved_config
+
+    # blend warms up over 25% of its 8 steps (2); the run stopped at step 3, inside blend.
+    run = fake_run(tmp_path, 3, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8", "schedule.stages.blend.warmup_fraction=0.25")
+    cfg = validate(apply_overrides(saved_config(run), [f"resume={run}"]))
+    cfg.resume = str(run)
+    blend = prepare(cfg, str(run), ["schedule.stages.blend.steps=16"]).cfg.schedule.stages["blend"]
+    assert (blend.steps, blend.warmup_steps, blend.warmup_fraction) == (16, 2, None)
+    for change in (["schedule.stages.blend.warmup_fraction=0.5"], ["schedule.stages.blend.lr=0.1"], ["schedule.stages.align.scheduler=linear"]):
+        with pytest.raises(ConfigError, match="changes what the run already trained"):
+            prepare(cfg, str(run), change)
+
+
+@pytest.mark.slow
+def test_stopping_early_then_resuming_equals_the_uninterrupted_run(reference, tmp_path):
+    # Nothing in an update depends on where a run was told to stop (the LR follows the stages).
+    run_cli("train", *ARGS, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}")
+    run_cli("train", f"resume={tmp_path}", "trainer.max_steps=null")
+    assert rows(tmp_path) == reference
+
+
 @pytest.mark.slow
 def test_resume_refuses_data_files_whose_records_changed(tmp_path, cache_dir):
     img = png(tmp_path / "a.png")
