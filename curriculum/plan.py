@@ -123,11 +123,13 @@ def print_plan(plan: dict, console: Console | None = None) -> None:
     if plan["stages"]:
         s = Table(title=f"Stages (global batch {plan['global_batch']}, {plan['batching']} batching)")
         # `mix` is the stage's target after its ramp; `fraction` is what the stage draws, ramp included.
-        for col in ("stage", "start step", "steps", "group", "mix", "samples", "fraction", "passes"):
-            s.add_column(col, justify="left" if col in ("stage", "group") else "right")
+        for col in ("stage", "start step", "steps", "peak lr (warmup, decay)", "group", "mix", "samples", "fraction", "passes"):
+            s.add_column(col, justify="left" if col in ("stage", "group", "peak lr (warmup, decay)") else "right")
         for st in plan["stages"]:
+            lr = st["lr"]
+            schedule = f"{lr['peak']:g} ({lr['warmup_steps']}, {lr['scheduler']})"
             for i, (g, n) in enumerate(st["samples"].items()):
-                head = (st["name"], str(st["start_step"]), str(st["steps"])) if i == 0 else ("", "", "")
+                head = (st["name"], str(st["start_step"]), str(st["steps"]), schedule) if i == 0 else ("", "", "", "")
                 s.add_row(*head, g, f"{st['mix'][g]:g}", str(n), f"{st['fraction'][g]:.4f}", f"{st['passes'][g]:.2f}")
         console.print(s)
     if plan["invalid"]:

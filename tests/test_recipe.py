@@ -67,3 +67,19 @@ def test_lora_exports_an_adapter_that_loads_on_the_base(cache_dir, shapes, tmp_p
     for with_image in (True, False):
         n_in, n_out = generate(model, processor, with_image)
         assert n_out > n_in
+
+
+def test_export_keeps_the_base_tokenizers_padding_side(cache_dir, shapes, tmp_path):
+    import json
+    import shutil
+
+    # A base model whose tokenizer pads on the left (as many chat models do for batched generation).
+    base = tmp_path / "base"
+    shutil.copytree(resolve_model_path("builtin:tiny-llava", cache_dir), base)
+    config_path = base / "tokenizer_config.json"
+    settings = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**settings, "padding_side": "left"}))
+    assert AutoProcessor.from_pretrained(base).tokenizer.padding_side == "left"
+    cfg = quick_config(cache_dir, ModelConfig(name_or_path=str(base)))
+    train(cfg, str(tmp_path / "run"))
+    assert AutoProcessor.from_pretrained(tmp_path / "run" / "export").tokenizer.padding_side == "left"

@@ -283,7 +283,7 @@ class VLMModule(pl.LightningModule):
         if self.sample_id_dir:
             with open(os.path.join(self.sample_id_dir, f"rank{self.global_rank}.jsonl"), "a", encoding="utf-8") as f:
                 entry = {"step": self.global_step, "micro_step": batch_idx % self.trainer.accumulate_grad_batches, "ids": batch["sample_ids"]}
-                f.write(json.dumps(entry) + "\\n")
+                f.write(json.dumps(entry) + "\n")
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             # Written before checkpoint callbacks run, so a checkpoint never precedes its step's row.
             self._log_step(self.global_step)

@@ -1,8 +1,9 @@
 """Benchmark: one training step (forward + backward + AdamW) on a text-only micro-batch, three ways.
 
 - ours: the Collator's batch has no pixel_values and VLMModule.group_losses handles it, with the
-  vision dummy exactly as the recipe builds it (curriculum.recipe.build_vision_dummy): module,
-  collator and optimizer come from curriculum.recipe.build_parts on the project's default config;
+  vision dummy exactly as the recipe builds it (curriculum.recipe.build_vision_dummy: none on one
+  process, one under DDP): module, collator and optimizer come from curriculum.recipe.build_parts
+  on the project's default config;
 - LLaVA way: the same samples with "<image>\\n" prepended to the first user turn and one black
   full-size image each, so the vision tower and the projector run on every sample;
 - language model alone: the model's decoder + lm_head on the text-only batch with the same loss,
@@ -35,13 +36,17 @@ from curriculum.conf_path import conf_dir
 from curriculum.config import RunConfig, validate
 from curriculum.data.collate import IGNORE_INDEX
 from curriculum.data.records import RecordTable
+from curriculum.model.components import component_of
 from curriculum.model.module import VLMModule
 from curriculum.recipe import Parts, build_parts
 
 # Overrides of the project's default config (conf/config.yaml) per case.
+# Two DDP processes (the layout is only read, nothing is launched) make the recipe build its vision dummy.
+DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
 CASES = {
-    "vision frozen (default)": [],
-    "vision trained": ["model.trainable.vision=full"],
+    "one process (default)": [],
+    "DDP, vision frozen": DDP,
+    "DDP, vision trained": [*DDP, "model.trainable.vision=full"],
 }
 LM_ALONE = "language model alone"
 
@@ -87,14 +92,11 @@ def black_image(folder: str, size: int) -> str:
 
 
 def lm_alone_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """The decoder and lm_head alone on the text batch, with group_losses' token-mean cross-entropy."""
+    """The decoder and lm_head alone on the text batch, with group_losses' summed token cross-entropy."""
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     logits = model.get_output_embeddings()(hidden)[:, :-1]
     labels = batch["labels"][:, 1:]
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return loss / (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def without_vision_dummy(module: VLMModule, batch: dict) -> torch.Tensor:
@@ -186,7 +188,10 @@ def main() -> None:
 
 def _dummy_kind(parts: Parts) -> str:
     dummy = parts.module.vision_dummy
-    return "off" if dummy is None else "projector only" if dummy.tower_frozen else "tower + projector"
+    if dummy is None:
+        return "off"
+    tower_trains = any(p.requires_grad for n, p in parts.module.model.named_parameters() if component_of(n) == "vision")
+    return "tower + projector" if tower_trains or dummy.full_tower else "projector only"
 
 
 def _modes(cfg: RunConfig) -> str:
