@@ -200,7 +200,7 @@ def test_validation_order_holds_every_group_in_proportion():
     assert (picked == "image_text").sum() == 12 and (picked == "text_only").sum() == 4
 
 
-def test_llava_style_schedule_warms_up_each_stage(tmp_path, cache_dir, shapes):
+def test_llava_style_schedule_warms_up_each_stage_and_partial_validation_sees_every_group(tmp_path, cache_dir, shapes):
     from hydra import compose, initialize_config_dir
 
     from curriculum.config import validate
@@ -210,13 +210,17 @@ def test_llava_style_schedule_warms_up_each_stage(tmp_path, cache_dir, shapes):
                                          "schedule.stages.pretrain.warmup_fraction=0.5", "schedule.stages.finetune.warmup_fraction=0.5"])
     cfg = validate(raw)
     cfg.data.num_workers = 0
-    cfg.trainer.val_every_n_steps = 0
+    cfg.trainer.val_every_n_steps = 0  # validates once, at the end
+    cfg.trainer.limit_val_batches = 1  # one batch of 16 out of 64 + 64 validation records
     cfg.trainer.enable_progress_bar = False
     cfg.export.enabled = False
     cfg.paths.cache_dir = cache_dir
     run = tmp_path / "run"
     train(cfg, str(run))
-    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r["train/loss"]]
+    every = list(csv.DictReader(open(run / "metrics.csv")))
+    val = [r for r in every if r["val/loss"]]
+    assert len(val) == 1 and val[0]["val/loss_image_text"] and val[0]["val/loss_text_only"]
+    rows = [r for r in every if r["train/loss"]]
     projector = [float(r["lr/projector"]) for r in rows]
     language = [float(r["lr/language"]) for r in rows]
     assert language[:4] == [0.0] * 4 and projector[0] < projector[1] and projector[1] == pytest.approx(1e-3)

@@ -290,20 +290,23 @@ class VLMModule(pl.LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        """Turn the summed gradients into the global batch's token mean; drop what must not move.
-
-        Lightning divides each micro-batch loss by the accumulation steps and DDP averages over
-        ranks, so the summed-loss gradients are scaled by accumulation x ranks / global tokens.
-        Gradients are dropped (set to None, so AdamW leaves weights and state alone) for the
-        vision path on a step whose global batch holds no image (the zero-weight dummy's zeros),
-        for components the stage freezes where gradients could not be switched off, and for
-        everything on a step without any supervised token.
-        """
         if self._step_totals is None:
             return
         tokens, image_batches = self._step_totals
         self._step_totals = None
-        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / tokens if tokens > 0 else 0.0
+        self.finish_gradients(tokens, image_batches, self.trainer.accumulate_grad_batches * self.trainer.world_size)
+
+    def finish_gradients(self, tokens: float, image_batches: float, splits: int) -> None:
+        """Turn the step's summed gradients into the global batch's token mean; drop what must not move.
+
+        Lightning divides each micro-batch loss by the accumulation steps and DDP averages over
+        ranks, so the summed-loss gradients are scaled by `splits` (accumulation x ranks) / global
+        tokens. Gradients are dropped (set to None, so AdamW leaves weights and state alone) for
+        the vision path on a step whose global batch holds no image (the zero-weight dummy's
+        zeros), for components the stage freezes where gradients could not be switched off, and
+        for everything on a step without any supervised token.
+        """
+        scale = splits / tokens if tokens > 0 else 0.0
         for comp, params in self.trained_parameters().items():
             drop = scale == 0.0 or not self._trains(comp) or comp in ("vision", "projector") and image_batches == 0
             for p in params:

@@ -125,21 +125,26 @@ def variants(parts: Parts, n: int, image: str) -> dict[str, tuple[Callable[[], t
     return out
 
 
-def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> tuple[float, float]:
-    """One forward + backward + optimizer step; returns its (wall, process CPU) time in seconds."""
+def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, module: VLMModule, batch: dict) -> tuple[float, float]:
+    """One forward + backward + optimizer step; returns its (wall, process CPU) time in seconds.
+
+    Between backward and step the recipe's gradient handling runs as it would for a global batch
+    of just `batch` (token-mean scaling; without images the vision path's gradients are dropped).
+    """
     wall, cpu = time.perf_counter(), time.process_time()
     optimizer.zero_grad(set_to_none=True)
     loss_fn().backward()
+    module.finish_gradients(tokens=float((batch["labels"] != IGNORE_INDEX).sum()), image_batches=float("pixel_values" in batch), splits=1)
     optimizer.step()
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def time_case(named: dict, optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> dict[str, list[tuple[float, float]]]:
+def time_case(named: dict, optimizer: torch.optim.Optimizer, module: VLMModule, steps: int, warmup: int) -> dict[str, list[tuple[float, float]]]:
     """Per-variant (wall, CPU) step times; each round runs every variant back to back, so load hits them alike."""
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in named}
     for rep in range(warmup + steps):
-        for name, (loss_fn, _) in named.items():
-            elapsed = train_step(loss_fn, optimizer)
+        for name, (loss_fn, batch) in named.items():
+            elapsed = train_step(loss_fn, optimizer, module, batch)
             if rep >= warmup:
                 times[name].append(elapsed)
     return times
@@ -174,7 +179,7 @@ def main() -> None:
             image = black_image(tmp, parts.module.model.config.vision_config.image_size)
             named = variants(parts, args.batch, image)
             optimizer = parts.module.configure_optimizers()["optimizer"]
-            rows += rows_for(case, named, time_case(named, optimizer, args.steps, args.warmup))
+            rows += rows_for(case, named, time_case(named, optimizer, parts.module, args.steps, args.warmup))
             notes.append(f"{case}: trained modes {_modes(cfg)}, recipe vision dummy: {_dummy_kind(parts)}")
     print(f"{machine_line()}, torch threads {args.threads}")
     print(
