@@ -354,7 +354,7 @@ class RunConfig:
             raise ConfigError(f"model.trainable.{lora[0]}=lora needs a LoRA config: add model/peft=lora.")
         if self.model.peft is not None and not lora:
             raise ConfigError("model.peft is set but no component is `lora` in model.trainable or any stage: set one, e.g. model.trainable.language=lora.")
-        total = sum(st.steps for st in self.schedule.stages.values())
+        total = self.schedule_steps()
         if self.trainer.max_steps is not None and self.trainer.max_steps > total:
             raise ConfigError(
                 f"trainer.max_steps={self.trainer.max_steps} is not allowed: the schedule has {total} steps; "
@@ -363,6 +363,10 @@ class RunConfig:
         if self.export.mode == "merged" and self.model.peft is None:
             raise ConfigError("export.mode=merged needs model/peft=lora: there is no adapter to merge.")
 
+
+    def schedule_steps(self) -> int:
+        """Optimizer steps of all stages."""
+        return sum(st.steps for st in self.schedule.stages.values())
 
     def world_size(self) -> int:
         """Number of training processes the trainer config asks for (devices x nodes)."""

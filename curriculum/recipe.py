@@ -79,6 +79,18 @@ def load_checked_data(cfg: RunConfig) -> DataBundle:
     return bundle
 
 
+def load_resumable_data(cfg: RunConfig, resumed_data: str | None = None) -> tuple[DataBundle, str]:
+    """The run's records and their fingerprint; refused when a resumed run's records changed since its checkpoint."""
+    bundle = load_checked_data(cfg)
+    fingerprint = data_fingerprint(bundle.train, bundle.val)
+    if resumed_data not in (None, fingerprint):
+        raise ConfigError(
+            f"resume: the data files' records changed since the checkpoint (train/val {resumed_data} -> {fingerprint}), "
+            "so the sample stream would differ; restore the files or start a new run."
+        )
+    return bundle, fingerprint
+
+
 def build_stream(cfg: RunConfig, bundle: DataBundle) -> tuple[CurriculumStream, int]:
     """The compiled curriculum stream over the training table, and the number of steps this run trains."""
     schedule = compile_schedule(cfg, bundle.group_names, bundle.train_report.groups)
@@ -93,13 +105,7 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, s
     `resumed_data` is the data fingerprint of the checkpoint a resume continues from, checked
     before the model loads; `start_step` the step it continues at.
     """
-    bundle = load_checked_data(cfg)
-    fingerprint = data_fingerprint(bundle.train, bundle.val)
-    if resumed_data not in (None, fingerprint):
-        raise ConfigError(
-            f"resume: the data files' records changed since the checkpoint (train/val {resumed_data} -> {fingerprint}), "
-            "so the sample stream would differ; restore the files or start a new run."
-        )
+    bundle, fingerprint = load_resumable_data(cfg, resumed_data)
     stream, run_steps = build_stream(cfg, bundle)
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
     processor = load_processor(path)
@@ -240,6 +246,7 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
     trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
     if trainer.is_global_zero:
         write_status(run_dir, "running")
+        log.info("run folder: %s", run_dir)
         write_plan(parts.plan, run_dir)
         plot_plan(parts.stream, parts.run_steps, os.path.join(run_dir, "plan.png"))
         if resumed:

@@ -46,10 +46,10 @@ def find_run(spec: str, output_root: str) -> str:
         return path
     found = glob.glob(os.path.join(output_root, "*", "*", ".hydra", "config.yaml"))
     found += glob.glob(os.path.join(output_root, "multirun", "*", "*", "*", ".hydra", "config.yaml"))
-    # Only curriculum-train writes status.json; curriculum-plan folders sit beside runs and are skipped.
-    found = [f for f in found if os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(f)), "status.json"))]
+    # Only training runs that wrote a checkpoint can continue (curriculum-plan folders have no status.json).
+    found = [f for f in found if os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(f)), "checkpoints", "last.ckpt"))]
     if not found:
-        raise ConfigError(f"resume=latest found no training run folder under {os.path.abspath(output_root)}.")
+        raise ConfigError(f"resume=latest found no training run with a checkpoint under {os.path.abspath(output_root)}.")
     return os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime)))
 
 
@@ -176,7 +176,7 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
             f"resume: the global batch would change from {old.global_batch()} to {new.global_batch()} samples; keep "
             "data.micro_batch_size x trainer.devices x trainer.num_nodes x trainer.accumulate_grad_batches equal."
         )
-    total = new.trainer.max_steps or sum(st.steps for st in new.schedule.stages.values())
+    total = new.trainer.max_steps or new.schedule_steps()
     if total < done:
         raise ConfigError(f"resume: the run already trained {done} steps; the new config stops at step {total}, before that.")
     new.resume = None

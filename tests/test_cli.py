@@ -177,3 +177,11 @@ def test_run_where_every_sample_is_skipped_fails_and_lists_train_and_val_skips(t
     with open(run / "metrics.csv", newline="") as f:
         last = [r for r in csv.DictReader(f) if r["val/skipped"]][-1]
     assert float(last["val/skipped"]) == 6 and last["val/loss"] == ""
+
+
+def test_a_mistyped_command_leaves_no_run_folder(tmp_path):
+    for cli in ("train", "plan"):
+        run = tmp_path / cli
+        proc = run_cli(cli, "data.on_invalid=ignore", f"hydra.run.dir={run}", check=False)
+        assert proc.returncode == 1 and "data.on_invalid" in proc.stderr
+        assert not run.exists()

@@ -181,6 +181,31 @@ def test_overrides_that_change_the_past_are_refused(override, key, finished_run)
     assert message.startswith("error: resume:") and key in message
 
 
+def snapshot(folder) -> dict:
+    """Every file and folder under `folder` with its size and modification time."""
+    out = {}
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            st = os.stat(path)
+            out[os.path.relpath(path, folder)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_a_refused_resume_leaves_the_run_folder_untouched(finished_run):
+    before = snapshot(finished_run)
+    proc = run_cli("train", f"resume={finished_run}", "seed=5", check=False)
+    assert proc.returncode == 1 and "error: resume: `seed` cannot change" in proc.stderr
+    assert snapshot(finished_run) == before
+
+
+def test_resuming_a_complete_run_says_so_and_changes_nothing(finished_run):
+    before = snapshot(finished_run)
+    proc = run_cli("train", f"resume={finished_run}")  # it stopped at its trainer.max_steps=3
+    assert "is complete: it trained all 3 steps" in proc.stderr and "raise trainer.max_steps" in proc.stderr
+    assert snapshot(finished_run) == before
+
+
 def test_changes_to_the_future_are_accepted_and_recorded(finished_run):
     from curriculum.config import validate
     from curriculum.resume import apply_overrides, prepare, saved_config
@@ -203,20 +228,24 @@ def finished_run(tmp_path_factory, cache_dir, shapes):
     return run
 
 
-def test_resume_latest_skips_plan_folders_and_refuses_them(tmp_path):
+def test_resume_latest_skips_plan_folders_and_runs_without_checkpoint(tmp_path):
     from curriculum.config import ConfigError
     from curriculum.resume import find_run
 
-    def folder(name, status):
+    def folder(name, status, checkpoint=False):
         d = tmp_path / "2026-01-01" / name
         (d / ".hydra").mkdir(parents=True)
         (d / ".hydra" / "config.yaml").write_text("{}\n")
         if status:
-            (d / "status.json").write_text('{"status": "running"}\n')
+            (d / "status.json").write_text(f'{{"status": "{status}"}}\n')
+        if checkpoint:
+            (d / "checkpoints").mkdir()
+            (d / "checkpoints" / "last.ckpt").write_bytes(b"")
         return d
 
-    run = folder("00-00-00", status=True)
-    plan = folder("00-00-01", status=False)  # a later curriculum-plan folder
+    run = folder("00-00-00", status="running", checkpoint=True)
+    plan = folder("00-00-01", status=None)  # a later curriculum-plan folder
+    folder("00-00-02", status="failed")  # a later run that stopped before its first checkpoint
     os.utime(run / ".hydra" / "config.yaml", (1, 1))
     assert find_run("latest", str(tmp_path)) == str(run)
     with pytest.raises(ConfigError, match="is not a training run: .* has no status.json"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 from typing import Callable
 
@@ -22,6 +24,8 @@ USER_ERRORS = (ConfigError, InvalidDataError, DataFileError, SampleError, ImageE
 log = logging.getLogger("curriculum")
 # "<run folder>: <reason>" of each failed job of this process's multirun, for its exit code.
 FAILED_JOBS: list[str] = []
+# The sweep folder of this process's multirun, printed when it ends.
+SWEEP_DIRS: list[str] = []
 
 
 def user_message(e: BaseException) -> str:
@@ -39,6 +43,13 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def discard_unstarted(run_dir: str, marker: str) -> None:
+    """Remove a single run's folder in which `marker` was never written: it holds only Hydra's files
+    (a mistyped key, unusable data), and a folder for a run that did not start misleads `resume=latest`."""
+    if os.path.isdir(run_dir) and not os.path.exists(os.path.join(run_dir, marker)):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def hydra_main(fn: Callable[[DictConfig], None]) -> Callable[[], None]:
     """Hydra's main over the packaged configs (the job is named after the calling module)."""
     return hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(fn)
@@ -47,20 +58,24 @@ def hydra_main(fn: Callable[[DictConfig], None]) -> Callable[[], None]:
 def run_task(
     raw: DictConfig,
     task: Callable[[RunConfig, str, list[str]], object],
-    on_failure: Callable[[str, str], None] | None = None,
+    on_failure: Callable[[str, str, bool], None] | None = None,
 ) -> None:
     """Validate the config and run `task(cfg, run_dir, overrides)`.
 
     A user error ends a single run with one line and exit code 1. In a multirun, a failed job is
-    recorded (`on_failure(run_dir, reason)`) and the sweep goes on with the next job.
+    recorded (`on_failure(run_dir, reason, multirun)`) and the sweep goes on with the next job.
     """
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
+    if hc.mode == RunMode.MULTIRUN and os.path.dirname(run_dir) not in SWEEP_DIRS:
+        SWEEP_DIRS.append(os.path.dirname(run_dir))
     try:
-        task(validate(raw), run_dir, list(hc.overrides.task))
+        # A resume's composed config is the defaults plus forced overrides; the run's own saved
+        # config with the overrides is what gets checked (curriculum.resume.prepare).
+        task(validate(raw, check=not raw.get("resume")), run_dir, list(hc.overrides.task))
     except Exception as e:
         if on_failure is not None:
-            on_failure(run_dir, first_line(e))
+            on_failure(run_dir, first_line(e), hc.mode == RunMode.MULTIRUN)
         if hc.mode == RunMode.MULTIRUN:
             log.error("job %s failed: %s", run_dir, first_line(e))
             FAILED_JOBS.append(f"{run_dir}: {first_line(e)}")

@@ -7,7 +7,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from curriculum.cli.common import hydra_main, run_task
+from curriculum.cli.common import discard_unstarted, hydra_main, run_task
 from curriculum.config import RunConfig
 from curriculum.data.sources import describe_invalid, load_data
 from curriculum.plan import build_plan, plot_plan, print_plan, write_plan
@@ -35,7 +35,7 @@ def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
 @hydra_main
 def main(raw: DictConfig) -> None:
     """Console script entry point."""
-    run_task(raw, _task)
+    run_task(raw, _task, on_failure=lambda run_dir, reason, multirun: multirun or discard_unstarted(run_dir, "plan.json"))
 
 if __name__ == "__main__":
     main()

@@ -11,10 +11,10 @@ import time
 
 from omegaconf import DictConfig
 
-from curriculum.cli.common import FAILED_JOBS, hydra_main, run_task
-from curriculum.config import ConfigError, RunConfig
-from curriculum.recipe import train, write_status
-from curriculum.resume import find_run
+from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, run_task, user_message
+from curriculum.config import RunConfig
+from curriculum.recipe import load_resumable_data, train, write_status
+from curriculum.resume import find_run, prepare
 
 
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
@@ -22,14 +22,34 @@ def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     print(f"run folder: {run_dir}")
 
 
+class Complete(Exception):
+    """A resume of a run that has nothing left to train."""
+
+
 def resume_args(args: list[str]) -> list[str]:
-    """With resume=..., run Hydra in that run's folder and keep this invocation's config beside the original."""
+    """With resume=..., run Hydra in that run's folder and keep this invocation's config beside the original.
+
+    Every refusal happens here, before Hydra writes anything: a refused resume leaves the run
+    folder exactly as it was.
+    """
     spec = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
     if spec in (None, "null", "None") or os.environ.get("LOCAL_RANK", "0") != "0":
         # DDP children started by Lightning already carry the parent's resolved arguments.
         return args
     root = next((a.split("=", 1)[1] for a in args if a.startswith("paths.output_root=")), "outputs")
     run = find_run(spec, root)
+    if spec == "latest":
+        print(f"resume=latest: continuing {run}", file=sys.stderr)
+    overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    resumed = prepare(RunConfig(resume=spec), run, overrides)
+    total = resumed.cfg.trainer.max_steps or resumed.cfg.schedule_steps()
+    if resumed.step >= total:
+        more = (
+            "raise trainer.max_steps (or set it to null)" if resumed.cfg.trainer.max_steps else
+            "lengthen a stage or add one, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
+        )
+        raise Complete(f"resume: {run} is complete: it trained all {total} steps it is configured for; nothing was changed. To train on, {more}.")
+    load_resumable_data(resumed.cfg, resumed.data_fingerprint)
     # The saved config is the base: its keys (e.g. stages the default config lacks) may be overridden.
     args = [f"resume={run}" if a.startswith("resume=") else _force(a) for a in args]
     return args + [f"hydra.run.dir={run}", f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d-%H%M%S')}"]
@@ -40,19 +60,33 @@ def _force(arg: str) -> str:
     return f"++{arg}" if "=" in arg and "." in key and not key.startswith(("hydra.", "+", "~")) else arg
 
 
+def _failed(run_dir: str, reason: str, multirun: bool) -> None:
+    """Mark a started run (or a sweep's job, for its report) failed; remove the folder of a single run that never started."""
+    if multirun or os.path.isfile(os.path.join(run_dir, "status.json")):
+        if os.path.isdir(run_dir):
+            write_status(run_dir, "failed", reason)
+    else:
+        discard_unstarted(run_dir, "status.json")
+
+
 @hydra_main
 def _main(raw: DictConfig) -> None:
-    run_task(raw, _task, on_failure=lambda run_dir, reason: os.path.isdir(run_dir) and write_status(run_dir, "failed", reason))
+    run_task(raw, _task, on_failure=_failed)
 
 
 def main() -> None:
     """Console script entry point."""
     try:
         sys.argv[1:] = resume_args(sys.argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Complete as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(0)
+    except USER_ERRORS as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
         sys.exit(1)
     _main()
+    if SWEEP_DIRS:
+        print(f"sweep folder: {SWEEP_DIRS[-1]}")
     if FAILED_JOBS:
         # The other jobs ran to their end; the exit code still tells scripts that the sweep is incomplete.
         print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed:\n" + "\n".join(FAILED_JOBS), file=sys.stderr)
