@@ -183,12 +183,16 @@ class ScheduleConfig:
     # of the global batch; null = the global batch). Multiples spread sorted rows over several steps.
     length_grouping: bool = False
     megabatch: Optional[int] = None
+    # A stage's mix naming a group the data lacks: renormalise over the groups present (said once), or error.
+    missing_groups: str = "renormalise"
     # Empty here so a config file's stages replace, not extend, the defaults (see conf/schedule/).
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.batching not in ("mixed", "grouped"):
             raise ConfigError(f"schedule.batching={self.batching} is not allowed: use mixed or grouped.")
+        if self.missing_groups not in ("renormalise", "error"):
+            raise ConfigError(f"schedule.missing_groups={self.missing_groups} is not allowed: use renormalise or error.")
         if not self.stages:
             raise ConfigError("schedule.stages is empty: give at least one stage.")
         if self.megabatch is not None:

@@ -185,3 +185,28 @@ def test_a_mistyped_command_leaves_no_run_folder(tmp_path):
         proc = run_cli(cli, "data.on_invalid=ignore", f"hydra.run.dir={run}", check=False)
         assert proc.returncode == 1 and "data.on_invalid" in proc.stderr
         assert not run.exists()
+
+
+def test_one_group_or_three_groups_with_the_default_schedule(mixed_files, tmp_path):
+    d, _, _ = mixed_files
+    images = [{"id": f"i{k}", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]} for k in range(4)]
+    only = d / "images_only.json"
+    only.write_text(json.dumps(images))
+    proc = run_cli("plan", f"data.train_files=[{only}]", f"hydra.run.dir={tmp_path / 'one'}")
+    assert proc.stdout.count("schedule.stages.blend.mix names text_only, which the data lacks") == 1
+    blend = read_json(tmp_path / "one" / "plan.json")["stages"][1]
+    assert blend["samples"] == {"image_text": 80 * 8}
+    texts = [{"id": f"t{k}", "conversations": [{"from": "human", "value": f"{k}?"}, {"from": "gpt", "value": "Yes."}]} for k in range(4)]
+    extra = d / "extra.json"
+    extra.write_text(json.dumps(texts))
+    three = [f"data.train_files=[{only},{extra},{d / 'llava.json'}]", "data.on_invalid=skip", f"data.file_groups={{{extra}: extra}}"]
+    proc = run_cli("plan", *three, f"hydra.run.dir={tmp_path / 'refused'}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data group 'extra' (4 records) is in no stage's mix, so none of its records would be trained: add it to a stage, "
+        "e.g. +schedule.stages.blend.mix.extra=0.1, give it 0 there to leave it out on purpose, or drop its files."
+    )
+    run_cli("plan", *three, "+schedule.stages.blend.mix.extra=0.1", f"hydra.run.dir={tmp_path / 'three'}")
+    stages = read_json(tmp_path / "three" / "plan.json")["stages"]
+    assert stages[0]["samples"]["extra"] == 0 and stages[0]["samples"]["text_only"] == 0
+    assert stages[1]["samples"]["extra"] > 0 and stages[1]["samples"]["text_only"] > 0

@@ -19,6 +19,29 @@ def stages(**named) -> ScheduleConfig:
     return ScheduleConfig(stages={k: StageConfig(**v) for k, v in named.items()})
 
 
+def strict(**named) -> ScheduleConfig:
+    cfg = stages(**named)
+    cfg.missing_groups = "error"
+    return cfg
+
+
+def test_a_group_the_data_lacks_is_renormalised_away_and_said_once(caplog):
+    cfg = stages(
+        a={"steps": 2, "mix": {"image_text": 1.0}},
+        b={"steps": 2, "mix": {"image_text": 0.5, "text_only": 0.3, "video": 0.2}},
+        c={"steps": 2, "mix": {"image_text": "rest", "text_only": 0}},
+    )
+    s = compiled(cfg, groups=("image_text", "text_only"), sizes={"image_text": 10, "text_only": 10})
+    assert s.mix_at(2) == pytest.approx({"image_text": 0.625, "text_only": 0.375})
+    assert s.mix_at(4) == {"image_text": 1.0, "text_only": 0.0}
+    warnings = [r.getMessage() for r in caplog.records if "which the data lacks" in r.getMessage()]
+    assert warnings == ["schedule.stages.b.mix names video, which the data lacks: the stage draws from image_text 0.625, text_only 0.375, renormalised"]
+    # Image-text-only data with the default two stages: blend trains image-text alone.
+    only = compiled(stages(align={"steps": 2, "mix": {"image_text": 1.0}}, blend={"steps": 2, "mix": {"image_text": "rest", "text_only": 0.3}}),
+                    groups=("image_text",), sizes={"image_text": 10})
+    assert only.mix_at(3) == {"image_text": 1.0}
+
+
 def greedy(weights: np.ndarray, unit: int) -> np.ndarray:
     """Reference: at each position the group with the largest target-minus-count, ties by order."""
     deficit, out = np.zeros(weights.shape[1], np.int64), []
@@ -134,19 +157,20 @@ def test_ranks_and_world_sizes_see_the_same_global_order():
 
 
 def test_groups_cycle_through_fresh_permutations():
-    s = stream_of(stages(t={"steps": 10, "mix": {"image_text": 1.0}}), global_batch=10, sizes={"image_text": 25, "text_only": 5})
+    only_images = {"image_text": 1.0, "text_only": 0}
+    s = stream_of(stages(t={"steps": 10, "mix": only_images}), global_batch=10, sizes={"image_text": 25, "text_only": 5})
     rows = s(np.arange(100)).reshape(4, 25)
     for p in rows:
         assert sorted(p.tolist()) == list(range(25))
     assert rows[0].tolist() != rows[1].tolist()
-    again = stream_of(stages(t={"steps": 10, "mix": {"image_text": 1.0}}), global_batch=10, sizes={"image_text": 25, "text_only": 5})
+    again = stream_of(stages(t={"steps": 10, "mix": only_images}), global_batch=10, sizes={"image_text": 25, "text_only": 5})
     assert again(np.arange(100)).tolist() == rows.reshape(-1).tolist()
-    other_seed = stream_of(stages(t={"steps": 10, "mix": {"image_text": 1.0}}), global_batch=10, sizes={"image_text": 25, "text_only": 5}, seed=1)
+    other_seed = stream_of(stages(t={"steps": 10, "mix": only_images}), global_batch=10, sizes={"image_text": 25, "text_only": 5}, seed=1)
     assert other_seed(np.arange(25)).tolist() != rows[0].tolist()
 
 
 def test_draw_indices_continue_across_stages():
-    cfg = stages(a={"steps": 2, "mix": {"image_text": 1.0}}, b={"steps": 2, "mix": {"image_text": 1.0}})
+    cfg = stages(a={"steps": 2, "mix": {"image_text": 1.0}}, b={"steps": 2, "mix": {"image_text": 1.0, "text_only": 0}})
     s = stream_of(cfg, global_batch=5, sizes={"image_text": 20, "text_only": 5})
     _, ranks = s.groups_and_ranks(np.arange(20))
     assert ranks.tolist() == list(range(20))
@@ -213,7 +237,7 @@ def test_megabatch_of_several_steps_sorts_across_steps_but_keeps_each_steps_grou
 
 
 def test_megabatch_must_divide_or_be_a_multiple_of_the_global_batch():
-    cfg = stages(a={"steps": 4, "mix": {"image_text": 1.0}})
+    cfg = stages(a={"steps": 4, "mix": {"image_text": 1.0, "text_only": 0}})
     cfg.length_grouping, cfg.megabatch = True, 12
     with pytest.raises(ConfigError, match=r"schedule.megabatch=12 is not allowed: use a divisor or a multiple of the global batch \(8\)"):
         stream_of(cfg, lengths=np.ones(100, np.int64))
@@ -222,11 +246,13 @@ def test_megabatch_must_divide_or_be_a_multiple_of_the_global_batch():
 @pytest.mark.parametrize(
     "cfg, sizes, message",
     [
-        (stages(a={"steps": 2, "mix": {"video": 1.0}}), None, "schedule.stages.a.mix names group 'video'"),
+        (stages(a={"steps": 2, "mix": {"video": 1.0}}), None, "schedule.stages.a.mix draws only from video, which the data lacks"),
         (stages(a={"steps": 2, "mix": {"image_text": 0.5, "text_only": 0.4}}), None, "schedule.stages.a.mix fractions sum to 0.9"),
         (stages(a={"steps": 2, "mix": {"image_text": "rest", "text_only": "rest"}}), None, "several `rest` groups"),
         (stages(a={"steps": 2, "mix": {"image_text": -0.5, "text_only": 1.5}}), None, "schedule.stages.a.mix.image_text=-0.5 is not allowed"),
-        (stages(a={"steps": 2, "mix": {"image_text": 0.5, "text_only": 0.5}}), {"image_text": 10, "text_only": 0}, "the data has no text_only records"),
+        (strict(a={"steps": 2, "mix": {"image_text": 0.5, "text_only": 0.5}}), {"image_text": 10, "text_only": 0}, "the data has no text_only records"),
+        (strict(a={"steps": 2, "mix": {"image_text": 0.5, "video": 0.5}}), None, "the data has no group 'video' (it has image_text, text_only)"),
+        (stages(a={"steps": 2, "mix": {"image_text": 1.0}}), {"image_text": 10, "text_only": 3}, "data group 'text_only' (3 records) is in no stage's mix"),
     ],
 )
 def test_mix_errors_name_the_stage(cfg, sizes, message):

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from curriculum.config import ConfigError, OptimConfig, RunConfig, StageConfig, TrainableConfig
+
+log = logging.getLogger("curriculum")
 
 UNITS = 1_000_000
 REST = "rest"
@@ -109,11 +112,12 @@ class Schedule:
         return h.hexdigest()[:16]
 
 
-def resolve_mix(key: str, mix: dict, groups: list[str], available: dict[str, int]) -> dict[str, float]:
-    """Fractions per group from a stage's mix, with at most one `rest` group taking 1 minus the others."""
-    unknown = [g for g in mix if g not in groups]
-    if unknown:
-        raise ConfigError(f"{key}.mix names group {unknown[0]!r}, which the data does not have: use one of {', '.join(groups)}.")
+def resolve_mix(key: str, mix: dict, groups: list[str], available: dict[str, int], missing: str = "error") -> dict[str, float]:
+    """Fractions per data group from a stage's mix, with at most one `rest` group taking 1 minus the others.
+
+    A group the data lacks is an error with `missing="error"`; with `missing="renormalise"` it is
+    left out and the other groups' fractions are scaled to sum to 1 (a fraction of 0 is always fine).
+    """
     rest = [g for g, v in mix.items() if v == REST]
     if len(rest) > 1:
         raise ConfigError(f"{key}.mix has several `rest` groups ({', '.join(rest)}): at most one may take the remainder.")
@@ -131,10 +135,25 @@ def resolve_mix(key: str, mix: dict, groups: list[str], available: dict[str, int
         fixed[rest[0]] = max(0.0, 1.0 - total)
     elif abs(total - 1) > 1e-6:
         raise ConfigError(f"{key}.mix fractions sum to {total:g}: they must sum to 1 (or mark one group `rest`).")
-    for g, v in fixed.items():
-        if v > 0 and available.get(g, 0) == 0:
-            raise ConfigError(f"{key}.mix gives group {g!r} the fraction {v:g}, but the data has no {g} records.")
-    return {g: fixed.get(g, 0.0) for g in groups}
+    absent = [g for g, v in fixed.items() if v > 0 and available.get(g, 0) == 0]
+    if absent and missing == "error":
+        g = absent[0]
+        known = f"the data has no {g} records" if g in groups else f"the data has no group {g!r} (it has {', '.join(groups)})"
+        raise ConfigError(f"{key}.mix gives group {g!r} the fraction {fixed[g]:g}, but {known} (schedule.missing_groups=error).")
+    kept = {g: v for g, v in fixed.items() if g not in absent}
+    if not sum(kept.values()):
+        raise ConfigError(
+            f"{key}.mix draws only from {', '.join(absent)}, which the data lacks (it has {', '.join(groups)}): "
+            f"give the stage a group the data has, e.g. {key}.mix={{{groups[0]}: 1.0}}."
+        )
+    scale = sum(kept.values())
+    return {g: kept.get(g, 0.0) / scale for g in groups}
+
+
+def unmixed_groups(stages: dict[str, StageConfig], available: dict[str, int]) -> list[str]:
+    """Groups the data has that no stage's mix names: none of their records would ever be drawn."""
+    named = {g for st in stages.values() for g in st.mix}
+    return [g for g, n in available.items() if n and g not in named]
 
 
 def quantise(fractions: np.ndarray) -> np.ndarray:
@@ -189,10 +208,22 @@ def compile_schedule(run: RunConfig, groups: list[str], available: dict[str, int
     stages, start, prev = [], 0, None
     for i, (name, st) in enumerate(cfg.stages.items()):
         key = f"schedule.stages.{name}"
-        mix = resolve_mix(key, dict(st.mix), groups, available)
+        mix = resolve_mix(key, dict(st.mix), groups, available, cfg.missing_groups)
+        absent = sorted(g for g, v in st.mix.items() if v != 0 and not available.get(g))
+        if absent:
+            log.warning("%s.mix names %s, which the data lacks: the stage draws from %s, renormalised", key, ", ".join(absent),
+                        ", ".join(f"{g} {v:g}" for g, v in mix.items() if v))
         target = np.array([mix[g] for g in groups], dtype=np.float64)
         ramp = quantise(ramp_fractions(prev, target, st)) if prev is not None else np.zeros((0, len(groups)), np.int64)
         stages.append(Stage(name, i, start, st.steps, ramp, quantise(target[None])[0], run.stage_modes(st), stage_lr(st, run.optim)))
         start += st.steps
         prev = target
+    unmixed = unmixed_groups(cfg.stages, available)
+    if unmixed:
+        g, last = unmixed[0], list(cfg.stages)[-1]
+        raise ConfigError(
+            f"data group {g!r} ({available[g]} records) is in no stage's mix, so none of its records would be trained: "
+            f"add it to a stage, e.g. +schedule.stages.{last}.mix.{g}=0.1, give it 0 there to leave it out on purpose, "
+            "or drop its files."
+        )
     return Schedule(tuple(groups), tuple(stages), cfg.batching, cfg.length_grouping, cfg.megabatch)
