@@ -369,3 +369,18 @@ def test_changing_a_finished_stage_is_refused_by_its_own_key(tmp_path):
     cfg.resume = str(run)
     with pytest.raises(ConfigError, match=r"^resume: `schedule.stages.blend.steps` cannot change"):
         prepare(cfg, str(run), ["schedule.stages.blend.steps=12"])
+
+
+@pytest.mark.slow
+def test_resume_checks_overrides_against_the_runs_own_config(tmp_path, cache_dir, shapes):
+    own = tmp_path / "conf"
+    (own / "schedule").mkdir(parents=True)
+    (own / "schedule" / "two.yaml").write_text("stages:\n  warm: {steps: 2, mix: {image_text: 1.0}}\n  polish: {steps: 2, mix: {text_only: 1.0}}\n")
+    run = tmp_path / "run"
+    run_cli("train", "--config-dir", str(own), "schedule=two", "model/peft=lora", "model.trainable.language=lora", "trainer.max_steps=3",
+            "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.val_every_n_steps=0", f"hydra.run.dir={run}")
+    # A LoRA run may switch to a merged export, and a stage of its own schedule file may grow.
+    run_cli("train", f"resume={run}", "trainer.max_steps=null", "export.mode=merged", "schedule.stages.polish.steps=3")
+    assert read_json(run / "status.json")["status"] == "completed"
+    assert (run / "export" / "config.json").exists() and not (run / "export" / "adapter_config.json").exists()
+    assert read_json(run / "plan.json")["steps"] == 5
