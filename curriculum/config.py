@@ -48,6 +48,8 @@ class DataConfig:
     image_root: Optional[str] = None
     file_groups: Optional[dict[str, str]] = None
     on_invalid: OnInvalid = OnInvalid.error
+    # How records' images are checked when the record table is built: exists, header (opens it) or full (decodes it).
+    check_images: str = "header"
     max_length: int = 512
     micro_batch_size: int = 8
     val_micro_batch_size: int = 16
@@ -60,6 +62,8 @@ class DataConfig:
         _positive("data.val_micro_batch_size", self.val_micro_batch_size)
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} is not allowed: use 0 or more.")
+        if self.check_images not in ("exists", "header", "full"):
+            raise ConfigError(f"data.check_images={self.check_images} is not allowed: use exists, header or full.")
         if self.val_files and not self.train_files:
             raise ConfigError("data.val_files is set but data.train_files is empty: give both, or neither for the built-in data.")
         unknown = sorted(set(self.file_groups or {}) - set(self.train_files) - set(self.val_files))

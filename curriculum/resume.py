@@ -17,7 +17,8 @@ from curriculum.schedule.stages import ramp_steps, warmup_steps
 RUN_CONFIG = "run_config.yaml"
 CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "schedule", "hydra", "experiment"}
 # Keys that never change what the run has already done.
-FREE = ("logger.", "checkpoint.", "export.", "paths.", "data.num_workers", "data.val_micro_batch_size",
+# (data.check_images may change: the data digest check refuses a resume whose records it changes.)
+FREE = ("logger.", "checkpoint.", "export.", "paths.", "data.num_workers", "data.val_micro_batch_size", "data.check_images",
         "trainer.enable_progress_bar", "trainer.val_every_n_steps", "trainer.limit_val_batches", "trainer.max_steps")
 # Keys that may change as long as the global batch (micro batch x ranks x accumulation) stays the same.
 LAYOUT = ("data.micro_batch_size", "trainer.accumulate_grad_batches", "trainer.devices", "trainer.num_nodes",

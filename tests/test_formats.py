@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_jsonl
-from curriculum.data.formats import InvalidRecordError, detect_format, iter_file, iter_records, normalise
+from curriculum.data.formats import InvalidRecordError, detect_format, iter_file, iter_records
 
 
 def make_png(path) -> str:
@@ -161,6 +161,12 @@ def test_minicpm_dict_key_missing_from_text(folder):
     assert reasons(items) == ["placeholder <image_01> not found in conversation"]
 
 
+def test_minicpm_placeholder_without_an_image_entry_is_invalid(folder):
+    record = minicpm("k", {"<image_00>": "a.png"}, user="<image_00> vs <image_01>?")
+    items = load(write_json(folder / "m.json", [record]))
+    assert reasons(items) == ["placeholder <image_01> has no entry in 'image' (it has <image_00>)"]
+
+
 # --- messages ------------------------------------------------------------------------------------
 
 
@@ -286,12 +292,18 @@ def test_detect_format():
         detect_format("text")
 
 
-def test_normalise_does_not_open_images(folder):
+def test_images_are_checked_as_data_check_images_says(folder):
     (folder / "broken.png").write_bytes(b"not a png")
-    record = normalise(
-        llava("1", "broken.png"), "llava", index=0, source=str(folder / "d.json"), image_root=None, group=None
-    )
-    assert record["images"] == [str(folder / "broken.png")]
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(folder / "noise.png")
+    png = (folder / "noise.png").read_bytes()
+    (folder / "cut.png").write_bytes(png[: len(png) // 2])  # the header reads, the pixels do not
+    path = write_json(folder / "d.json", [llava("1", "broken.png"), llava("2", "cut.png"), llava("3", "a.png")])
+    broken, cut = str(folder / "broken.png"), str(folder / "cut.png")
+    assert reasons(load(path, check_images="exists")) == []
+    assert reasons(load(path)) == [f"image {broken} is not a readable image file"]  # header, the default
+    full = reasons(load(path, check_images="full"))
+    assert full[0] == f"image {broken} is not a readable image file" and full[1].startswith(f"image {cut} is corrupt or unreadable")
+    assert len(full) == 2
 
 
 def test_iter_file_rejects_unknown_extension_and_missing_file(tmp_path):

@@ -43,7 +43,9 @@ def skewed_data(tmp_path, n: int = 16, broken: int = 0) -> str:
 def config(data: str, cache_dir: str, stages: dict, **kw) -> RunConfig:
     trainer = kw.pop("trainer", {})
     cfg = RunConfig(
-        data=DataConfig(train_files=[data], micro_batch_size=kw.pop("micro", 8), num_workers=0, on_invalid=OnInvalid(kw.pop("on_invalid", "error"))),
+        # Images are only checked for existence when read, so broken ones reach training.
+        data=DataConfig(train_files=[data], micro_batch_size=kw.pop("micro", 8), num_workers=0, on_invalid=OnInvalid(kw.pop("on_invalid", "error")),
+                        check_images="exists"),
         schedule=ScheduleConfig(stages=stages, batching=kw.pop("batching", "mixed")),
         trainer=TrainerConfig(val_every_n_steps=0, enable_progress_bar=False, **trainer),
         checkpoint=CheckpointConfig(every_n_steps=0),

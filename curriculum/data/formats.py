@@ -18,11 +18,15 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
+from curriculum.data.images import ImageError, check_image
+
 IMAGE_TOKEN = "<image>"
 FORMATS = ("llava", "minicpm", "messages")
 ROLES = ("system", "user", "assistant")
 # Reasons for missing images start with this, so a cache can tell when such a record may now pass.
 MISSING_IMAGE = "image file not found: "
+# MiniCPM-V's keyed image placeholders, e.g. <image_00>.
+_KEYED_PLACEHOLDER = re.compile(r"<image_\d+>")
 
 # ShareGPT-style variants of LLaVA data use the OpenAI role names in "from".
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
@@ -119,7 +123,9 @@ def detect_format(obj: dict) -> str:
     raise InvalidRecordError("cannot tell the format: the first turn has neither 'from' (LLaVA) nor 'role' (MiniCPM-V)")
 
 
-def normalise(obj: dict, fmt: str, *, index: int, source: str, image_root: str | None, group: str | None) -> dict:
+def normalise(
+    obj: dict, fmt: str, *, index: int, source: str, image_root: str | None, group: str | None, check_images: str = "header"
+) -> dict:
     """Return the canonical record for a raw record of format fmt, or raise InvalidRecordError."""
     if fmt == "llava":
         messages, images = _llava(obj)
@@ -137,14 +143,14 @@ def normalise(obj: dict, fmt: str, *, index: int, source: str, image_root: str |
     return {
         "id": _record_id(obj, index, source),
         "messages": messages,
-        "images": _resolve_images(images, image_root or os.path.dirname(source)),
+        "images": _resolve_images(images, image_root or os.path.dirname(source), check_images),
         "group": _group(obj, group, images),
         "source": source,
     }
 
 
 def iter_records(
-    path: str, *, image_root: str | None = None, group: str | None = None
+    path: str, *, image_root: str | None = None, group: str | None = None, check_images: str = "header"
 ) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
     """Yield (index, line, canonical record or InvalidRecordError) for each record of one file."""
     fmt = None
@@ -157,7 +163,7 @@ def iter_records(
             fmt = fmt or found
             if found != fmt:
                 raise InvalidRecordError(f"record is in {found} format but this file is {fmt} (from its first record)")
-            item = normalise(raw, fmt, index=index, source=path, image_root=image_root, group=group)
+            item = normalise(raw, fmt, index=index, source=path, image_root=image_root, group=group, check_images=check_images)
         except InvalidRecordError as err:
             err.record_id = _raw_id(raw)
             item = err
@@ -241,10 +247,14 @@ def _replace_keyed_placeholders(messages: list[dict], keyed: dict) -> list:
     for key in keyed:
         if key not in order:
             raise InvalidRecordError(f"placeholder {key} not found in conversation")
+    for m in messages:
+        stray = _KEYED_PLACEHOLDER.search(m["content"])
+        if stray:
+            raise InvalidRecordError(f"placeholder {stray.group()} has no entry in 'image' (it has {', '.join(keyed)})")
     return [keyed[key] for key in order]
 
 
-def _resolve_images(images: list, root: str) -> list[str]:
+def _resolve_images(images: list, root: str, check: str) -> list[str]:
     resolved = []
     for k, image in enumerate(images):
         if not isinstance(image, str) or not image:
@@ -252,6 +262,10 @@ def _resolve_images(images: list, root: str) -> list[str]:
         path = os.path.abspath(os.path.join(root, image))
         if not os.path.isfile(path):
             raise InvalidRecordError(f"{MISSING_IMAGE}{path}")
+        try:
+            check_image(path, check)
+        except ImageError as e:
+            raise InvalidRecordError(str(e)) from None
         resolved.append(path)
     return resolved
 

@@ -11,6 +11,27 @@ class ImageError(Exception):
     """An image could not be used; the message names the path and the reason."""
 
 
+CHECKS = ("exists", "header", "full")
+
+
+def check_image(path: str, level: str) -> None:
+    """Raise ImageError unless the image passes `level`: `header` opens it (format, size, bomb limit), `full` decodes it."""
+    if level == "full":
+        load_image(path)
+    elif level == "header":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path):
+                    pass
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"image {path} is too large (decompression bomb limit {Image.MAX_IMAGE_PIXELS} pixels): {e}") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"image {path} is not a readable image file") from None
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"image {path} is corrupt or unreadable: {e}") from None
+
+
 def load_image(path: str) -> Image.Image:
     """Open, fully decode and convert an image to RGB, respecting Pillow's decompression-bomb limit."""
     try:

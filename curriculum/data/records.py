@@ -197,6 +197,7 @@ def build_record_table(
     image_root: str | None = None,
     file_groups: dict[str, str] | None = None,
     on_invalid: str = "error",
+    check_images: str = "header",
 ) -> tuple[RecordTable | None, LoadReport]:
     """Validate files into a record table at out_path, written atomically; return (table or None, report)."""
     _check_policy(on_invalid)
@@ -206,7 +207,7 @@ def build_record_table(
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{os.path.basename(out_path)}.", suffix=".tmp")
     os.close(fd)
     try:
-        report = _write_records(files, tmp, image_root, file_groups, keep_after_invalid=on_invalid == "skip")
+        report = _write_records(files, tmp, image_root, file_groups, check_images, keep_after_invalid=on_invalid == "skip")
         if on_invalid == "error" and report.invalid:
             return None, report
         if not report.groups:
@@ -219,14 +220,14 @@ def build_record_table(
 
 
 def _write_records(
-    files: list[str], tmp: str, image_root: str | None, file_groups: dict[str, str], *, keep_after_invalid: bool
+    files: list[str], tmp: str, image_root: str | None, file_groups: dict[str, str], check_images: str, *, keep_after_invalid: bool
 ) -> LoadReport:
     report = LoadReport()
     rows: list[dict] = []
     with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for path in files:
             report.sources.setdefault(path, {})
-            for index, line, item in iter_records(path, image_root=image_root, group=file_groups.get(path)):
+            for index, line, item in iter_records(path, image_root=image_root, group=file_groups.get(path), check_images=check_images):
                 if isinstance(item, InvalidRecordError):
                     report.add_invalid(path, index, line, item)
                     continue
@@ -265,8 +266,8 @@ def _check_file_groups(files: list[str], file_groups: dict[str, str] | None) -> 
     return file_groups
 
 
-def records_fingerprint(files: list[str], image_root: str | None, file_groups: dict[str, str] | None) -> str:
-    """Short sha256 of the inputs (paths, sizes, mtimes, image_root, file_groups, schema version)."""
+def records_fingerprint(files: list[str], image_root: str | None, file_groups: dict[str, str] | None, check_images: str = "header") -> str:
+    """Short sha256 of the inputs (paths, sizes, mtimes, image_root, file_groups, image check, schema version)."""
     entries = []
     for path in files:
         if not os.path.isfile(path):
@@ -278,6 +279,7 @@ def records_fingerprint(files: list[str], image_root: str | None, file_groups: d
         "files": entries,
         "image_root": os.path.abspath(image_root) if image_root else None,
         "file_groups": sorted((file_groups or {}).items()),
+        "check_images": check_images,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -289,10 +291,11 @@ def load_or_build(
     image_root: str | None = None,
     file_groups: dict[str, str] | None = None,
     on_invalid: str = "error",
+    check_images: str = "header",
 ) -> tuple[RecordTable | None, LoadReport]:
     """Return the cached record table for these inputs, building and caching it when absent or stale."""
     _check_policy(on_invalid)
-    key = records_fingerprint(files, image_root, file_groups)
+    key = records_fingerprint(files, image_root, file_groups, check_images)
     table_path = os.path.join(cache_dir, "records", f"{key}.arrow")
     report_path = os.path.join(cache_dir, "records", f"{key}.report.json")
     report = _cached_report(table_path, report_path)
@@ -301,7 +304,7 @@ def load_or_build(
             return None, report
         return RecordTable.open(table_path), report
     table, report = build_record_table(
-        files, out_path=table_path, image_root=image_root, file_groups=file_groups, on_invalid=on_invalid
+        files, out_path=table_path, image_root=image_root, file_groups=file_groups, on_invalid=on_invalid, check_images=check_images
     )
     if table is not None:
         _write_json_atomic(report_path, report.to_dict())

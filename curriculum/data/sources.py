@@ -63,7 +63,7 @@ def load_data(cfg: RunConfig, *, on_invalid: str | None = None) -> DataBundle:
     """Read, validate and cache every record; tables are None when invalid records stop the run."""
     train_files, val_files = resolve_files(cfg)
     policy = on_invalid or cfg.data.on_invalid.value
-    common = dict(cache_dir=cache_dir(cfg), image_root=cfg.data.image_root, on_invalid=policy)
+    common = dict(cache_dir=cache_dir(cfg), image_root=cfg.data.image_root, on_invalid=policy, check_images=cfg.data.check_images)
     groups = dict(cfg.data.file_groups or {})
     train, train_report = load_or_build(train_files, file_groups=_groups_of(train_files, groups), **common)
     val, val_report = load_or_build(val_files, file_groups=_groups_of(val_files, groups), **common) if val_files else (None, LoadReport())
