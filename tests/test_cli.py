@@ -210,3 +210,10 @@ def test_one_group_or_three_groups_with_the_default_schedule(mixed_files, tmp_pa
     stages = read_json(tmp_path / "three" / "plan.json")["stages"]
     assert stages[0]["samples"]["extra"] == 0 and stages[0]["samples"]["text_only"] == 0
     assert stages[1]["samples"]["extra"] > 0 and stages[1]["samples"]["text_only"] > 0
+
+
+def test_a_model_path_that_does_not_exist_is_one_line(tmp_path):
+    proc = run_cli("train", f"model.name_or_path={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: model.name_or_path={tmp_path / 'nope'}: no such folder")
+    assert not (tmp_path / "run").exists()

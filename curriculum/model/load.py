@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -19,7 +21,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_model_path(name_or_path: str, cache_dir: str) -> str:
     """A local folder or hub id as given, or the folder of a built-in model (built on first use)."""
     if not name_or_path.startswith(BUILTIN_PREFIX):
-        return name_or_path
+        local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+        if local and not os.path.isdir(os.path.expanduser(name_or_path)):
+            raise ConfigError(
+                f"model.name_or_path={name_or_path}: no such folder (give an existing model folder, a hub id such as "
+                "llava-hf/llava-1.5-7b-hf, or builtin:tiny-llava / builtin:tiny-idefics3)."
+            )
+        return os.path.expanduser(name_or_path) if local else name_or_path
     from curriculum.data.builtin import ensure_shapes, iter_texts
 
     # The built-in tokenizer is trained on the default built-in data, whatever the run trains on.
@@ -31,7 +39,8 @@ def load_processor(path: str):
     """The model's processor (tokenizer, image processor, chat template)."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(path)
+    with _one_line(path):
+        processor = AutoProcessor.from_pretrained(path)
     if getattr(processor, "chat_template", None) is None:
         raise ConfigError(f"model {path} has no chat template in its processor: labels need one to find assistant turns.")
     return processor
@@ -50,13 +59,24 @@ def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = 
         kwargs["attn_implementation"] = cfg.attn_implementation
     if not os.path.isdir(path):
         log.info("loading %s from the hub cache or the network", path)
-    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    with _one_line(path):
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     model.train()  # from_pretrained returns eval mode; dropout must be on while training
     if cfg.peft is not None:
         model = _with_lora(model, cfg, trainable)
     counts = apply_trainability(model, trainable)
     log.info("trainable parameters per component: %s", counts)
     return model
+
+
+@contextmanager
+def _one_line(path: str) -> Iterator[None]:
+    """A model or processor that cannot be loaded (not found, no network, wrong files) is one ConfigError line."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ConfigError(f"model.name_or_path={path}: cannot be loaded: {reason}") from None
 
 
 def _with_lora(model, cfg: ModelConfig, trainable: TrainableConfig):
