@@ -308,7 +308,7 @@ class LoggerConfig:
 
     def check(self) -> None:
         if self.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
-            raise ConfigError("logger.tensorboard=true needs the tensorboard package: pip install 'curriculum[tensorboard]'.")
+            raise ConfigError("logger.tensorboard=true needs the tensorboard package: pip install tensorboard.")
 
 
 @dataclass

@@ -217,3 +217,17 @@ def test_a_model_path_that_does_not_exist_is_one_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: model.name_or_path={tmp_path / 'nope'}: no such folder")
     assert not (tmp_path / "run").exists()
+
+
+def test_slurm_launcher_without_its_plugin_is_one_sentence(monkeypatch):
+    import importlib.util
+
+    from curriculum.cli.train import check_launcher
+    from curriculum.config import ConfigError
+
+    check_launcher(["hydra/launcher=slurm"])  # installed here (test extra)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if "submitit" in name else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^hydra/launcher=slurm needs Hydra's submitit launcher plugin: pip install hydra-submitit-launcher\.$"):
+        check_launcher(["-m", "hydra/launcher=slurm", "seed=1,2"])
+    check_launcher(["seed=1"])

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -12,7 +13,7 @@ import time
 from omegaconf import DictConfig
 
 from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, run_task, user_message
-from curriculum.config import RunConfig
+from curriculum.config import ConfigError, RunConfig
 from curriculum.recipe import load_resumable_data, train, write_status
 from curriculum.resume import find_run, prepare
 
@@ -20,6 +21,13 @@ from curriculum.resume import find_run, prepare
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     train(cfg, run_dir, overrides)
     print(f"run folder: {run_dir}")
+
+
+def check_launcher(args: list[str]) -> None:
+    """Refuse the SLURM launcher in one sentence when its Hydra plugin is not installed."""
+    wants = any(a.split("=", 1)[-1] in ("slurm", "submitit_slurm") for a in args if a.startswith("hydra/launcher="))
+    if wants and importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        raise ConfigError("hydra/launcher=slurm needs Hydra's submitit launcher plugin: pip install hydra-submitit-launcher.")
 
 
 class Complete(Exception):
@@ -77,6 +85,7 @@ def _main(raw: DictConfig) -> None:
 def main() -> None:
     """Console script entry point."""
     try:
+        check_launcher(sys.argv[1:])
         sys.argv[1:] = resume_args(sys.argv[1:])
     except Complete as e:
         print(str(e), file=sys.stderr)
