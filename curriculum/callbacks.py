@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import RichProgressBar
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from curriculum.schedule.stages import Schedule
@@ -72,3 +73,20 @@ class RunCheckpoints(pl.Callback):
             log.info("stage %s ended at step %d: %s", self.ends[step], step, path)
         # Full checkpoints: optimizer, scheduler and loop state are what exact resume needs.
         trainer.save_checkpoint(os.path.join(self.dirpath, LAST), weights_only=False)
+
+
+class StageProgressBar(RichProgressBar):
+    """Lightning's progress bar labelled with the current stage instead of its epoch counter."""
+
+    def __init__(self, schedule: Schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return f"stage {self.schedule.stage_at(self.trainer.global_step).name}"
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            description = self._get_train_description(trainer.current_epoch)
+            styled = f"[{self.theme.description}]{description}" if self.theme.description else description
+            self.progress.update(self.train_progress_bar_id, description=styled)

@@ -98,5 +98,7 @@ class RunCSVLogger(Logger):
 
 
 def _fmt(value) -> str:
+    if isinstance(value, str):  # the stage name
+        return value
     value = float(value.item() if hasattr(value, "item") else value)
     return "" if math.isnan(value) else repr(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 from rich.console import Console
@@ -101,7 +102,8 @@ def write_plan(plan: dict, run_dir: str) -> str:
 
 def print_plan(plan: dict, console: Console | None = None) -> None:
     """Summary tables: records per group and per source, stages, invalid records."""
-    console = console or Console()
+    # Piped output gets no terminal width: tables then keep whole file names and reasons.
+    console = console or Console(width=None if sys.stdout.isatty() else 400)
     groups = sorted({g for per in plan["sources"].values() for g in per} | set(plan["groups"]))
     t = Table(title="Records")
     t.add_column("source", overflow="fold")

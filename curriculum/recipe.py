@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints
+from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints, StageProgressBar
 from curriculum.config import ConfigError, Mode, RunConfig
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
@@ -188,10 +188,13 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         callbacks=[
             RunCheckpoints(
                 parts.stream.schedule, checkpoints, cfg.checkpoint.every_n_steps, val_every if parts.bundle.val else None, parts.run_steps
-            )
+            ),
+            *([StageProgressBar(parts.stream.schedule)] if t.enable_progress_bar else []),
         ],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.enable_progress_bar,
+        # The per-component trainable counts are logged at load; Lightning's table adds nothing (FLOPs 0).
+        enable_model_summary=False,
         # The global-stream sampler shards across ranks itself.
         use_distributed_sampler=False,
         default_root_dir=run_dir,
@@ -218,6 +221,18 @@ def truncate_jsonl(paths: list[str], step: int) -> None:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.writelines(keep)
         os.replace(path + ".tmp", path)
+
+
+def _distinct_skipped(path: str) -> str:
+    """How many distinct training records the skips were (a record drawn in several passes counts once)."""
+    ids = set()
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                entry = json.loads(line)
+                if entry.get("split") == "train":
+                    ids.add((entry["source"], entry["id"]))
+    return f"{len(ids)} distinct record(s)"
 
 
 def _step_of(line: str) -> int:
@@ -261,7 +276,8 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
         trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
     module = parts.module
     if module.skipped_total:
-        log.warning("%d drawn training sample(s) were skipped: see %s", module.skipped_total, os.path.join(run_dir, "skipped.jsonl"))
+        log.warning("%d drawn training sample(s) were skipped (%s): see %s", module.skipped_total,
+                    _distinct_skipped(os.path.join(run_dir, "skipped.jsonl")), os.path.join(run_dir, "skipped.jsonl"))
     if module.trained_tokens == 0:
         raise SampleError(
             f"no training sample was usable: all {module.skipped_total:.0f} drawn samples were skipped "

@@ -93,7 +93,7 @@ def steps_done(rows: Rows) -> int:
 
 
 def stage_starts(plan: dict, rows: Rows) -> list[tuple[int, str]]:
-    """(start step, name) per stage from plan.json; else from changes of the logged `stage` column."""
+    """(start step, name) per stage from plan.json; else from changes of a numeric `stage` column (runs that logged an index)."""
     stages = [(int(s["start_step"]), str(s.get("name", f"stage {i}"))) for i, s in enumerate(plan.get("stages", []))]
     if stages:
         return stages

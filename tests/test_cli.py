@@ -78,10 +78,15 @@ def test_plan_with_skip_exits_zero_and_lists_them_all(mixed_files, tmp_path):
     _, files, val = mixed_files
     # A per-file group given on the command line, as the README shows it.
     proc = run_cli("plan", *data_overrides(files, val), "data.on_invalid=skip", f"data.file_groups={{{files[2]}: swift}}",
-                   f"hydra.run.dir={tmp_path}")
+                   "+schedule.stages.blend.mix.swift=0.2", f"hydra.run.dir={tmp_path}")
     assert "Invalid records (5)" in proc.stdout
     for ident in ("l-noanswer", "m-missing", "m-role", "s-count"):
         assert ident in proc.stdout
+    # Piped output: tables keep whole file names and reasons, one table row per line.
+    lines = proc.stdout.splitlines()
+    for f in files:
+        assert any(f in line for line in lines), f
+    assert any("m-role" in line and "unknown role 'robot'" in line for line in lines)
     plan = read_json(tmp_path / "plan.json")
     assert len(plan["invalid"]) == 5
     assert plan["sources"][files[2]] == {"swift": 2} and plan["groups"]["swift"] == 2
@@ -231,3 +236,26 @@ def test_slurm_launcher_without_its_plugin_is_one_sentence(monkeypatch):
     with pytest.raises(ConfigError, match=r"^hydra/launcher=slurm needs Hydra's submitit launcher plugin: pip install hydra-submitit-launcher\.$"):
         check_launcher(["-m", "hydra/launcher=slurm", "seed=1,2"])
     check_launcher(["seed=1"])
+
+
+@pytest.mark.slow
+def test_a_run_shows_our_lines_only_and_quick_trains_both_stages(cache_dir, shapes, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", "experiment=quick", "model/peft=lora", "model.trainable.language=lora", "schedule.stages.align.steps=2",
+                   "schedule.stages.blend.steps=2", f"hydra.run.dir={run}")
+    out = proc.stdout + proc.stderr
+    for noise in ("Tip:", "litlogger", "GPU available", "Epoch 0", "FLOPs", "LeafSpec", "Loading weights", "Writing model shards",
+                  "is deprecated", "FutureWarning", "never receive a gradient", "Seed set"):
+        assert noise not in out, noise
+    assert out.index(f"run folder: {run}") < out.index("stage align starts") and out.rstrip().endswith(f"run folder: {run}")
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r["train/loss"]]
+    assert [r["stage"] for r in rows] == ["align", "align", "blend", "blend"]
+    assert float(rows[-1]["samples/text_only"]) > 0
+    readme = (run / "export" / "README.md").read_text()
+    assert readme.startswith("# Fine-tuned with curriculum") and "PeftModel.from_pretrained" in readme
+
+
+def test_quick_experiment_trains_both_stages(tmp_path):
+    run_cli("plan", "experiment=quick", f"hydra.run.dir={tmp_path}")
+    stages = read_json(tmp_path / "plan.json")["stages"]
+    assert [s["name"] for s in stages] == ["align", "blend"] and stages[1]["samples"]["text_only"] > 0

@@ -18,7 +18,7 @@ def test_default_curriculum_runs_align_then_blend(cache_dir, shapes, tmp_path):
     run_cli("train", *SHORT, f"hydra.run.dir={tmp_path}")
     every = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     rows = [r for r in every if r["train/loss"]]
-    assert [int(float(r["stage"])) for r in rows] == [0] * 4 + [1] * 6
+    assert [r["stage"] for r in rows] == ["align"] * 4 + ["blend"] * 6
     # Every 4 steps, and once more at the end of the run.
     assert [int(r["step"]) for r in every if r["val/loss"]] == [3, 7, 9]
     assert {float(r["mix/text_only"]) for r in rows[:4]} == {0.0}

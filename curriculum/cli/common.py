@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+import warnings
 from typing import Callable
 
 import hydra
@@ -43,6 +44,32 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
+def process_rank() -> int:
+    """This process's global rank as the launchers set it (0 outside distributed runs)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def quiet_output() -> None:
+    """Our log lines only: library tips, device banners, deprecation notices and load bars are silenced,
+    and a process of rank > 0 logs to its own file instead of repeating rank 0's lines on the console."""
+    import transformers
+
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
+    for message in (r".*isinstance\(treespec, LeafSpec\)", r".*is_gradient_checkpointing. is deprecated", r"Total length of .* across ranks is zero"):
+        warnings.filterwarnings("ignore", message=message)
+    if process_rank() > 0:
+        # Hydra gives each DDP child its own log file (train_ddp_process_<r>.log); the console is rank 0's.
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if not isinstance(handler, logging.FileHandler):
+                root.removeHandler(handler)
+
+
 def discard_unstarted(run_dir: str, marker: str) -> None:
     """Remove a single run's folder in which `marker` was never written: it holds only Hydra's files
     (a mistyped key, unusable data), and a folder for a run that did not start misleads `resume=latest`."""
@@ -67,6 +94,7 @@ def run_task(
     """
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
+    quiet_output()
     if hc.mode == RunMode.MULTIRUN and os.path.dirname(run_dir) not in SWEEP_DIRS:
         SWEEP_DIRS.append(os.path.dirname(run_dir))
     try:

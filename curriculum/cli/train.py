@@ -12,7 +12,7 @@ import time
 
 from omegaconf import DictConfig
 
-from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, run_task, user_message
+from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, process_rank, run_task, user_message
 from curriculum.config import ConfigError, RunConfig
 from curriculum.recipe import load_resumable_data, train, write_status
 from curriculum.resume import find_run, prepare
@@ -20,7 +20,8 @@ from curriculum.resume import find_run, prepare
 
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     train(cfg, run_dir, overrides)
-    print(f"run folder: {run_dir}")
+    if process_rank() == 0:
+        print(f"run folder: {run_dir}")
 
 
 def check_launcher(args: list[str]) -> None:

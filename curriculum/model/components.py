@@ -58,7 +58,9 @@ def apply_trainability(model: torch.nn.Module, trainable: TrainableConfig) -> di
         comp = component_of(name)
         mode = getattr(trainable, comp)
         is_lora = "lora_" in name
-        p.requires_grad_(mode is Mode.full and not is_lora or mode is Mode.lora and is_lora)
+        # PEFT keeps the untouched original of each fully trained module beside the copy it saves.
+        original = ".original_module." in name
+        p.requires_grad_(not original and (mode is Mode.full and not is_lora or mode is Mode.lora and is_lora))
         if p.requires_grad:
             counts[comp] += p.numel()
     for comp in COMPONENTS:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from curriculum.config import COMPONENTS, Mode, OptimConfig
 from curriculum.data.collate import IGNORE_INDEX
+from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.components import component_of, component_prefixes
 from curriculum.schedule.stages import Schedule, Stage
 
@@ -329,7 +330,7 @@ class VLMModule(pl.LightningModule):
         self.trained_total = self.trained_total.to(self.device) + sums[:, 3]
         self.skipped_total += skipped
         self.trained_tokens += float(sums[:, 1].sum())
-        metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum()), "stage": float(self.schedule.stage_at(step).index)}
+        metrics = {"train/loss": _ratio(sums[:, 0].sum(), sums[:, 1].sum()), "stage": self.schedule.stage_at(step).name}
         for name, frac in self.schedule.mix_at(step).items():
             metrics[f"mix/{name}"] = frac
         for g, name in enumerate(self.group_names):
@@ -346,8 +347,10 @@ class VLMModule(pl.LightningModule):
     def _write(self, metrics: dict, step: int, shown: list[str]) -> None:
         """One row per step straight to the loggers (and the progress bar), flushed at once."""
         if self.trainer.is_global_zero:
+            numeric = {k: v for k, v in metrics.items() if not isinstance(v, str)}
             for logger in self.loggers:
-                logger.log_metrics(metrics, step=step)
+                # metrics.csv keeps the stage name; other loggers take numbers only.
+                logger.log_metrics(metrics if isinstance(logger, RunCSVLogger) else numeric, step=step)
                 logger.save()
         for k in shown:
             self.log(k, metrics[k], prog_bar=True, logger=False, rank_zero_only=True)
