@@ -51,7 +51,7 @@ def find_run(spec: str, output_root: str) -> str:
     found = [f for f in found if os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(f)), "checkpoints", "last.ckpt"))]
     if not found:
         raise ConfigError(f"resume=latest found no training run with a checkpoint under {os.path.abspath(output_root)}.")
-    return os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime)))
+    return os.path.abspath(os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime))))
 
 
 def saved_config(run_dir: str):
