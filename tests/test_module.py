@@ -125,7 +125,7 @@ def test_each_stage_runs_its_own_lr_schedule():
         # LLaVA-style: the projector alone at 1e-3, then everything at 2e-5, each with its own warmup.
         "align": StageConfig(steps=10, mix={"image_text": 1.0}, lr=1e-3, warmup_fraction=0.2, trainable=StageTrainable(language=Mode.frozen)),
         "tune": StageConfig(steps=8, mix={"image_text": 1.0}, lr=2e-5, warmup_steps=2, scheduler="linear", min_lr_ratio=0.0),
-        "polish": StageConfig(steps=4, mix={"image_text": 1.0}, scheduler="constant", lr_scale=0.5),
+        "polish": StageConfig(steps=4, mix={"image_text": 1.0, "text_only": 0}, scheduler="constant", lr_scale=0.5),
     }
     optim = OptimConfig(lr=1e-4, warmup_steps=1)
     module = VLMModule(torch.nn.Linear(2, 2), compiled(ScheduleConfig(stages=stages), optim=optim), optim)
