@@ -26,6 +26,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+class StepRows(pl.Callback):
+    """Writes each optimizer step's metrics row once the step is done; listed before RunCheckpoints,
+    so a checkpoint never precedes its step's row."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            pl_module.write_step_row()
+
+
 class RunCheckpoints(pl.Callback):
     """Saves after the step's validation when there is one, so a resumed run neither repeats nor skips it."""
 

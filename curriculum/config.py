@@ -95,8 +95,12 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = "builtin:tiny-llava"
+    # Weights' dtype when loaded (trainer.precision=bf16-true keeps them in bf16 while training).
     dtype: str = "float32"
+    # null = the model's default (SDPA where supported); flash_attention_2 when installed.
     attn_implementation: Optional[str] = None
+    # Recompute activations in backward (transformers' gradient checkpointing): less memory, ~30% more compute.
+    gradient_checkpointing: bool = False
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     peft: Optional[LoraConfig] = None
 
@@ -278,6 +282,9 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     # DDP without unused-parameter search: the model runs every trained module on every rank.
     find_unused_parameters: bool = False
+    # Deterministic algorithms: a resumed run repeats the uninterrupted one value for value (CPU
+    # default); GPU kernels without a deterministic version then raise, so trainer=gpu turns it off.
+    deterministic: bool = True
 
     def check(self) -> None:
         if self.max_steps is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints, StageProgressBar
+from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints, StageProgressBar, StepRows
 from curriculum.config import ConfigError, Mode, RunConfig
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
@@ -20,7 +20,7 @@ from curriculum.datamodule import CurriculumDataModule, data_fingerprint
 from curriculum.export import export_model
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
-from curriculum.model.module import VisionDummy, VLMModule, freeze_unused_parameters, vision_dummy_inputs
+from curriculum.model.module import VisionDummy, VLMModule, vision_dummy_inputs
 from curriculum.plan import build_plan, plot_plan, write_plan
 from curriculum.report import write_run_report
 from curriculum.resume import RUN_CONFIG
@@ -121,9 +121,9 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, s
         start_step=start_step,
         toggle_requires_grad=not shards_parameters(cfg),
     )
-    unused = freeze_unused_parameters(module, collator(_probe_records(bundle)))
-    if unused:
-        log.info("froze %d trained parameter tensor(s) that never receive a gradient, e.g. %s", len(unused), unused[0])
+    if cfg.world_size() > 1 and not shards_parameters(cfg):
+        # DDP's reducer must not wait for a parameter that never gets a gradient; the module finds them on device.
+        module.probe_batch = collator(_probe_records(bundle))
     datamodule = CurriculumDataModule(
         bundle.train,
         bundle.val,
@@ -186,6 +186,7 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         logger=loggers or False,
         enable_checkpointing=False,  # RunCheckpoints writes them
         callbacks=[
+            StepRows(),
             RunCheckpoints(
                 parts.stream.schedule, checkpoints, cfg.checkpoint.every_n_steps, val_every if parts.bundle.val else None, parts.run_steps
             ),
@@ -198,7 +199,7 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         # The global-stream sampler shards across ranks itself.
         use_distributed_sampler=False,
         default_root_dir=run_dir,
-        deterministic=True,
+        deterministic=t.deterministic,
     )
 
 

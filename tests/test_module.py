@@ -136,3 +136,27 @@ def test_each_stage_runs_its_own_lr_schedule():
     assert [lr(s) for s in (10, 11, 12)] == pytest.approx([1e-5, 2e-5, 2e-5])
     assert lr(17) == pytest.approx(2e-5 * 1 / 6)  # linear to 0 at the stage's end
     assert [lr(s) for s in (18, 19, 21)] == pytest.approx([1e-4 * 0.5] * 3)  # optim's warmup of 1 step, then constant x lr_scale
+
+
+def test_only_supervised_positions_reach_the_lm_head(arch, tmp_path):
+    import torch.nn.functional as F
+
+    from curriculum.model.module import supervised_token_losses
+
+    module, collate = module_for(arch)
+    batch = collate([record("i", "<image>\nQ?", "Red and some more words.", [png(tmp_path / "a.png")]), record("t", "Q?", "Four sides.")])
+    seen = []
+    handle = module.model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")}
+    token_loss, rows = supervised_token_losses(module.model, inputs, batch["labels"], chunk=3)
+    handle.remove()
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    assert seen == [torch.Size([supervised, module.model.get_output_embeddings().out_features])]
+    # The same per-token losses as cross-entropy over the full logits.
+    logits = module.model(**inputs).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    full = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none").view(labels.shape)
+    torch.testing.assert_close(token_loss, full[labels != -100])
+    assert rows.tolist() == (labels != -100).nonzero()[:, 0].tolist()
+    token_loss.sum().backward()
+    assert all(g is not None for g in grads_of(module, "language"))

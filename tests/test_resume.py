@@ -26,8 +26,9 @@ ARGS = [
 
 
 def rows(run) -> list[dict]:
+    """metrics.csv rows without the wall-clock throughput columns (perf/*), which no two runs share."""
     with open(os.path.join(run, "metrics.csv"), newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in csv.DictReader(f)]
 
 
 def start(run, *extra) -> subprocess.Popen:
@@ -372,13 +373,36 @@ def test_changing_a_finished_stage_is_refused_by_its_own_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_checks_overrides_against_the_runs_own_config(tmp_path, cache_dir, shapes):
+def test_lora_resume_uses_lean_checkpoints_and_the_runs_own_config(tmp_path, cache_dir, shapes):
+    import shutil
+
+    from transformers import AutoModelForImageTextToText
+
+    from curriculum.model.load import resolve_model_path
+
+    base = tmp_path / "base"
+    shutil.copytree(resolve_model_path("builtin:tiny-llava", cache_dir), base)
     own = tmp_path / "conf"
     (own / "schedule").mkdir(parents=True)
     (own / "schedule" / "two.yaml").write_text("stages:\n  warm: {steps: 2, mix: {image_text: 1.0}}\n  polish: {steps: 2, mix: {text_only: 1.0}}\n")
     run = tmp_path / "run"
-    run_cli("train", "--config-dir", str(own), "schedule=two", "model/peft=lora", "model.trainable.language=lora", "trainer.max_steps=3",
-            "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.val_every_n_steps=0", f"hydra.run.dir={run}")
+    run_cli("train", "--config-dir", str(own), "schedule=two", f"model.name_or_path={base}", "model/peft=lora", "model.trainable.language=lora",
+            "trainer.max_steps=3", "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.val_every_n_steps=0", f"hydra.run.dir={run}")
+    # The checkpoint holds the adapter and the fully trained projector, not the frozen base.
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and all("lora_" in k or ".modules_to_save." in k for k in state)
+    model = AutoModelForImageTextToText.from_pretrained(base)
+    assert sum(t.numel() for t in state.values()) < 0.2 * sum(p.numel() for p in model.parameters())
+    # Other base weights under the same path are refused: the adapter would land on a different model.
+    shutil.copytree(base, tmp_path / "saved")
+    with torch.no_grad():
+        model.model.language_model.layers[0].mlp.up_proj.weight.add_(0.5)
+    model.save_pretrained(base)
+    proc = run_cli("train", f"resume={run}", "trainer.max_steps=null", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: resume: the base model's weights that this run does not train differ")
+    shutil.rmtree(base)
+    shutil.copytree(tmp_path / "saved", base)
     # A LoRA run may switch to a merged export, and a stage of its own schedule file may grow.
     run_cli("train", f"resume={run}", "trainer.max_steps=null", "export.mode=merged", "schedule.stages.polish.steps=3")
     assert read_json(run / "status.json")["status"] == "completed"

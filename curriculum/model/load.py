@@ -62,6 +62,10 @@ def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = 
     with _one_line(path):
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     model.train()  # from_pretrained returns eval mode; dropout must be on while training
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     if cfg.peft is not None:
         model = _with_lora(model, cfg, trainable)
     counts = apply_trainability(model, trainable)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
 import math
 import os
 import random
+import time
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from PIL import Image
 
-from curriculum.config import COMPONENTS, Mode, OptimConfig
+from curriculum.config import COMPONENTS, ConfigError, Mode, OptimConfig
 from curriculum.data.collate import IGNORE_INDEX
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.components import component_of, component_prefixes
@@ -144,14 +148,21 @@ class VLMModule(pl.LightningModule):
         self.start_step = start_step
         # Sharded wrappers fix the set of parameters with gradients; there a frozen stage drops gradients instead.
         self.toggle_requires_grad = toggle_requires_grad
+        # Checkpoints leave out the weights no stage trains (on_save_checkpoint), so they are missing on load.
+        self.strict_loading = False
+        # A real batch whose backward shows which trained parameters never get a gradient (DDP only).
+        self.probe_batch: dict | None = None
         self._trained: dict[str, list[torch.nn.Parameter]] | None = None
         self._stage: Stage | None = None
         # (vision path trains, tower trains) in the current stage.
         self._vision_path: tuple[bool, bool] = (False, False)
         # Per group (loss sum, supervised tokens, drawn samples, trained samples) of the current optimizer step.
         self._step_sums = torch.zeros(len(self.group_names), 4, dtype=torch.float64)
-        # Skipped samples and micro-batches with images of the current optimizer step.
-        self._step_extra = torch.zeros(2, dtype=torch.float64)
+        # Skipped samples, micro-batches with images and real (unpadded) tokens of the current optimizer step.
+        self._step_extra = torch.zeros(3, dtype=torch.float64)
+        # When the current optimizer step's first micro-batch started, and its row until the step is done.
+        self._step_clock = 0.0
+        self._pending_row: tuple[dict, int] | None = None
         # (supervised tokens, micro-batches with images) of the step over all ranks, read before the optimizer step.
         self._step_totals: tuple[float, float] | None = None
         self._val_sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64)
@@ -212,9 +223,21 @@ class VLMModule(pl.LightningModule):
         if stage == "fit" and self._stage is None:
             self.enter_stage(self.schedule.stage_at(self.start_step))
 
+    def on_fit_start(self) -> None:
+        # On the training device, once: no model compute on the CPU before training starts.
+        if self.probe_batch is None:
+            return
+        unused = freeze_unused_parameters(self, move_data_to_device(self.probe_batch, self.device))
+        self.probe_batch = None
+        if unused:
+            log.info("%d parameter tensor(s) never receive a gradient and stay frozen, e.g. %s", len(unused), unused[0])
+            self.enter_stage(self._stage)
+            self._rewrap_ddp()
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if batch_idx % self.trainer.accumulate_grad_batches:
             return
+        self._step_clock = time.perf_counter()
         stage = self.schedule.stage_at(self.global_step)
         if stage is not self._stage and self.enter_stage(stage):
             self._rewrap_ddp()
@@ -240,13 +263,10 @@ class VLMModule(pl.LightningModule):
         inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         inputs = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items()}
-        logits = self.model(**inputs).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        token_loss = F.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-        ).view(labels.shape)
-        row_loss = token_loss.sum(1)
-        row_tokens = (labels != IGNORE_INDEX).sum(1)
+        token_loss, rows = supervised_token_losses(self.model, inputs, batch["labels"])
+        n_rows = batch["labels"].shape[0]
+        row_loss = torch.zeros(n_rows, dtype=token_loss.dtype, device=token_loss.device).index_add(0, rows, token_loss)
+        row_tokens = torch.bincount(rows, minlength=n_rows)
         sums[:, 0].index_add_(0, batch["group_ids"], row_loss.detach().double())
         sums[:, 1].index_add_(0, batch["group_ids"], row_tokens.double())
         loss = row_loss.sum()
@@ -279,14 +299,14 @@ class VLMModule(pl.LightningModule):
         step[:, 2] = torch.bincount(batch["drawn_group_ids"], minlength=n).double()
         step[:, 3] = torch.bincount(batch["group_ids"], minlength=n).double()
         self._step_sums = self._step_sums.to(self.device) + step
-        extra = [self._record_skipped(batch.get("skipped", []), "train"), float("pixel_values" in batch)]
+        real_tokens = float(batch["attention_mask"].sum()) if "attention_mask" in batch else 0.0
+        extra = [self._record_skipped(batch.get("skipped", []), "train"), float("pixel_values" in batch), real_tokens]
         self._step_extra = self._step_extra.to(self.device) + torch.tensor(extra, dtype=torch.float64, device=self.device)
         if self.sample_id_dir:
             with open(os.path.join(self.sample_id_dir, f"rank{self.global_rank}.jsonl"), "a", encoding="utf-8") as f:
                 entry = {"step": self.global_step, "micro_step": batch_idx % self.trainer.accumulate_grad_batches, "ids": batch["sample_ids"]}
                 f.write(json.dumps(entry) + "\n")
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
-            # Written before checkpoint callbacks run, so a checkpoint never precedes its step's row.
             self._log_step(self.global_step)
         return loss
 
@@ -324,7 +344,7 @@ class VLMModule(pl.LightningModule):
         total = self._reduce(torch.cat([self._step_sums.to(self.device).flatten(), self._step_extra.to(self.device)]))
         self._step_sums = torch.zeros_like(self._step_sums)
         self._step_extra = torch.zeros_like(self._step_extra)
-        sums, (skipped, image_batches) = total[: 4 * n].view(n, 4), total[4 * n:].tolist()
+        sums, (skipped, image_batches, real_tokens) = total[: 4 * n].view(n, 4), total[4 * n:].tolist()
         self._step_totals = (float(sums[:, 1].sum()), image_batches)
         self.drawn_total = self.drawn_total.to(self.device) + sums[:, 2]
         self.trained_total = self.trained_total.to(self.device) + sums[:, 3]
@@ -342,7 +362,36 @@ class VLMModule(pl.LightningModule):
         metrics["train/skipped"] = self.skipped_total
         for comp in {g["component"] for g in self.trainer.optimizers[0].param_groups}:
             metrics[f"lr/{comp}"] = self.optim.lr * self.lr_factor(step, comp)
-        self._write(metrics, step, shown=[k for k in metrics if k.startswith("train/loss_")])
+        # Replaced by rates once the step is done (write_step_row).
+        metrics["perf/tokens"], metrics["perf/samples"] = real_tokens, float(sums[:, 3].sum())
+        for k in metrics:
+            if k.startswith("train/loss_"):
+                self.log(k, metrics[k], prog_bar=True, logger=False, rank_zero_only=True)
+        self._pending_row = (metrics, step)
+
+    def write_step_row(self) -> None:
+        """Write the finished optimizer step's row, with its throughput, before anything checkpoints the step.
+
+        perf/step_s is rank 0's wall time from the step's first micro-batch to after its optimizer
+        step; tokens are all real tokens of the global batch (padding excluded), supervised tokens
+        those with a label; peak memory is the GPU's, since the previous row.
+        """
+        if self._pending_row is None:
+            return
+        metrics, step = self._pending_row
+        self._pending_row = None
+        seconds = time.perf_counter() - self._step_clock
+        tokens, samples = metrics.pop("perf/tokens"), metrics.pop("perf/samples")
+        supervised = sum(v for k, v in metrics.items() if k.startswith("train/tokens_"))
+        metrics["perf/step_s"] = seconds
+        metrics["perf/samples_per_s"] = samples / seconds
+        metrics["perf/tokens_per_s"] = tokens / seconds
+        metrics["perf/supervised_tokens_per_s"] = supervised / seconds
+        if self.device.type == "cuda":
+            metrics["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.log("tok/s", metrics["perf/tokens_per_s"], prog_bar=True, logger=False, rank_zero_only=True)
+        self._write(metrics, step, shown=[])
 
     def _write(self, metrics: dict, step: int, shown: list[str]) -> None:
         """One row per step straight to the loggers (and the progress bar), flushed at once."""
@@ -355,8 +404,19 @@ class VLMModule(pl.LightningModule):
         for k in shown:
             self.log(k, metrics[k], prog_bar=True, logger=False, rank_zero_only=True)
 
+    def _never_trained(self) -> list[str]:
+        """state_dict keys of parameters no stage trains (every alias of a tied weight)."""
+        trained = {id(p) for params in self.trained_parameters().values() for p in params}
+        return [k for k, v in self.state_dict(keep_vars=True).items() if isinstance(v, torch.nn.Parameter) and id(v) not in trained]
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lean checkpoints: weights no stage trains come from the base model again on resume; an
+        # identity of them makes sure it is the same base.
+        frozen = self._never_trained()
+        for key in frozen:
+            checkpoint["state_dict"].pop(key, None)
         checkpoint["curriculum"] = {
+            "base_weights": weights_identity(self.state_dict(keep_vars=True), frozen),
             "drawn_total": self.drawn_total.tolist(),
             "trained_total": self.trained_total.tolist(),
             "skipped_total": self.skipped_total,
@@ -372,6 +432,16 @@ class VLMModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["curriculum"]
+        if "base_weights" in state:  # a lean checkpoint (older ones hold every weight)
+            frozen = self._never_trained()
+            if weights_identity(self.state_dict(keep_vars=True), frozen) != state["base_weights"]:
+                raise ConfigError(
+                    "resume: the base model's weights that this run does not train differ from the ones its checkpoint was "
+                    "trained with (its checkpoints hold only the trained weights); resume with the same model.name_or_path files."
+                )
+            missing = [k for k in self.state_dict() if k not in checkpoint["state_dict"] and k not in frozen]
+            if missing:
+                raise ConfigError(f"resume: the checkpoint lacks trained weights, e.g. {missing[0]}; it was not written by this run's config.")
         self.drawn_total = torch.tensor(state["drawn_total"], dtype=torch.float64)
         # Checkpoints that predate the count trained every drawn sample that was not skipped.
         self.trained_total = torch.tensor(state.get("trained_total", state["drawn_total"]), dtype=torch.float64)
@@ -470,17 +540,81 @@ class VLMModule(pl.LightningModule):
         return stage.lr.at(step - stage.start_step, stage.steps) / self.optim.lr
 
 
-def freeze_unused_parameters(module: VLMModule, probe_batch: dict) -> list[str]:
-    """Freeze trained parameters that get no gradient from a real batch (e.g. an unused pooler).
+def weights_identity(state: dict, keys: list[str], samples: int = 64) -> str:
+    """A short digest of the named tensors: names, shapes, dtypes and an evenly strided sample of values.
 
-    DDP without find_unused_parameters needs every trained parameter to take part in every step.
+    Cheap at any size (reads `samples` values per tensor) and enough to tell two checkpoints' base weights apart.
     """
+    h = hashlib.sha256()
+    for key in sorted(keys):
+        t = state[key].detach()
+        flat = t.reshape(-1)
+        picked = flat[:: max(1, flat.numel() // samples)][:samples].float().cpu()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(picked.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def supervised_token_losses(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every supervised token (row-major order) and the batch row it belongs to.
+
+    Only the hidden states of positions that predict a supervised token reach the LM head (a
+    pre-hook selects them), so logits exist for those tokens only, never for the whole sequence;
+    the fp32 cross-entropy runs in chunks that are recomputed in backward, so no fp32 copy of the
+    logits is kept. The model's own processing after its head (e.g. logit soft-capping) still applies.
+    """
+    targets_all = labels[:, 1:]
+    wanted = targets_all != IGNORE_INDEX
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = wanted
+    targets = targets_all[wanted]
+    rows = wanted.nonzero()[:, 0]
+
+    def select(module, args):
+        hidden = args[0]
+        if hidden.dim() == 3 and hidden.shape[:2] == keep.shape:
+            return (hidden[keep],) + tuple(args[1:])
+        return None
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(select)
+    try:
+        logits = model(**inputs).logits
+    finally:
+        handle.remove()
+    if logits.dim() == 3:  # the model fed its head something else: take the positions from the full logits
+        logits = logits[keep]
+    pieces = []
+    for start in range(0, len(targets), chunk):
+        part, want = logits[start : start + chunk], targets[start : start + chunk]
+        pieces.append(checkpoint(_cross_entropy, part, want, use_reentrant=False) if part.requires_grad else _cross_entropy(part, want))
+    token_loss = torch.cat(pieces) if pieces else logits.float().sum(-1)[:0]
+    return token_loss, rows
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def freeze_unused_parameters(module: VLMModule, probe_batch: dict) -> list[str]:
+    """Drop trained parameters that get no gradient from a real batch (e.g. an unused pooler) and return their names.
+
+    DDP without find_unused_parameters needs every parameter with a gradient to take part in
+    every step. Every parameter some stage trains is probed, whatever the current stage freezes.
+    """
+    trained = module.trained_parameters()
+    params = [p for group in trained.values() for p in group]
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
     loss, _ = module.group_losses(probe_batch)
     loss.backward()
-    unused = [n for n, p in module.model.named_parameters() if p.requires_grad and p.grad is None]
-    for n, p in module.model.named_parameters():
-        if n in unused:
-            p.requires_grad_(False)
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    unused = [names[id(p)] for p in params if p.grad is None]
+    for comp in trained:
+        trained[comp] = [p for p in trained[comp] if p.grad is not None]
+    for p, was in zip(params, before):
+        p.requires_grad_(was and p.grad is not None)
         p.grad = None
     return unused
 
