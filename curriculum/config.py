@@ -297,6 +297,11 @@ class TrainerConfig:
             raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val} is not allowed: use 0 or more (or null for none).")
         if self.limit_val_batches is not None:
             _positive("trainer.limit_val_batches", self.limit_val_batches)
+        if "deepspeed" in self.strategy:
+            raise ConfigError(
+                f"trainer.strategy={self.strategy} is not supported: DeepSpeed keeps gradients outside the parameters, where the "
+                "global-batch loss scaling and frozen-stage handling cannot reach them; use ddp."
+            )
         if device_count(self.devices) is None:
             raise ConfigError(
                 f"trainer.devices={self.devices!r} is not allowed: give the number of processes per node (e.g. 2) or "

@@ -31,7 +31,7 @@ from curriculum.schedule.stream import CurriculumStream
 
 log = logging.getLogger("curriculum")
 
-SHARDING_STRATEGIES = ("fsdp", "deepspeed")
+SHARDING_STRATEGIES = ("fsdp",)
 SAMPLE_IDS = "sample_ids"
 
 

@@ -51,6 +51,7 @@ def test_defaults_are_valid():
         ({"trainer": {"limit_val_batches": -1}}, "trainer.limit_val_batches=-1 is not allowed: use a positive value."),
         ({"trainer": {"devices": "auto"}}, "trainer.devices='auto' is not allowed: give the number of processes per node"),
         ({"trainer": {"devices": -1}}, "trainer.devices=-1 is not allowed"),
+        ({"trainer": {"strategy": "deepspeed_stage_3"}}, "trainer.strategy=deepspeed_stage_3 is not supported: DeepSpeed keeps gradients"),
         ({"data": {"train_files": ["a.json"], "file_groups": {"b.json": "x"}}}, "data.file_groups names b.json, which is not in data.train_files or data.val_files"),
         (
             {"schedule": {"stages": {"b": {"steps": 5, "mix": {"image_text": 1.0}, "ramp": {"steps": 2, "fraction": 0.5}}}}},

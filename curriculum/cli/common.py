@@ -55,6 +55,8 @@ def process_rank() -> int:
 def quiet_output() -> None:
     """Our log lines only: library tips, device banners, deprecation notices and load bars are silenced,
     and a process of rank > 0 logs to its own file instead of repeating rank 0's lines on the console."""
+    # Imported first: importing Lightning sets its own loggers' level.
+    import pytorch_lightning  # noqa: F401
     import transformers
 
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
@@ -94,13 +96,14 @@ def run_task(
     """
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
-    quiet_output()
     if hc.mode == RunMode.MULTIRUN and os.path.dirname(run_dir) not in SWEEP_DIRS:
         SWEEP_DIRS.append(os.path.dirname(run_dir))
     try:
         # A resume's composed config is the defaults plus forced overrides; the run's own saved
         # config with the overrides is what gets checked (curriculum.resume.prepare).
-        task(validate(raw, check=not raw.get("resume")), run_dir, list(hc.overrides.task))
+        cfg = validate(raw, check=not raw.get("resume"))
+        quiet_output()
+        task(cfg, run_dir, list(hc.overrides.task))
     except Exception as e:
         if on_failure is not None:
             on_failure(run_dir, first_line(e), hc.mode == RunMode.MULTIRUN)

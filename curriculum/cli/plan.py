@@ -9,12 +9,14 @@ from omegaconf import DictConfig
 
 from curriculum.cli.common import discard_unstarted, hydra_main, run_task
 from curriculum.config import RunConfig
-from curriculum.data.sources import describe_invalid, load_data
-from curriculum.plan import build_plan, plot_plan, print_plan, write_plan
-from curriculum.recipe import build_stream
 
 
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
+    # Imported here, so a config error answers before the training stack loads.
+    from curriculum.data.sources import describe_invalid, load_data
+    from curriculum.plan import build_plan, plot_plan, print_plan, write_plan
+    from curriculum.recipe import build_stream
+
     # Read everything even in error mode, so the report lists every invalid record at once.
     bundle = load_data(cfg, on_invalid="skip")
     stream, run_steps = build_stream(cfg, bundle)

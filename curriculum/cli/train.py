@@ -14,11 +14,13 @@ from omegaconf import DictConfig
 
 from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, process_rank, run_task, user_message
 from curriculum.config import ConfigError, RunConfig
-from curriculum.recipe import load_resumable_data, train, write_status
 from curriculum.resume import find_run, prepare
 
 
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
+    # The training stack is imported only for a run that starts: config errors and refused resumes answer fast.
+    from curriculum.recipe import train
+
     train(cfg, run_dir, overrides)
     if process_rank() == 0:
         print(f"run folder: {run_dir}")
@@ -58,6 +60,8 @@ def resume_args(args: list[str]) -> list[str]:
             "lengthen a stage or add one, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
         )
         raise Complete(f"resume: {run} is complete: it trained all {total} steps it is configured for; nothing was changed. To train on, {more}.")
+    from curriculum.recipe import load_resumable_data
+
     load_resumable_data(resumed.cfg, resumed.data_fingerprint)
     # The saved config is the base: its keys (e.g. stages the default config lacks) may be overridden.
     args = [f"resume={run}" if a.startswith("resume=") else _force(a) for a in args]
@@ -72,6 +76,8 @@ def _force(arg: str) -> str:
 def _failed(run_dir: str, reason: str, multirun: bool) -> None:
     """Mark a started run (or a sweep's job, for its report) failed; remove the folder of a single run that never started."""
     if multirun or os.path.isfile(os.path.join(run_dir, "status.json")):
+        from curriculum.recipe import write_status
+
         if os.path.isdir(run_dir):
             write_status(run_dir, "failed", reason)
     else:

@@ -433,15 +433,14 @@ class VLMModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["curriculum"]
         if "base_weights" in state:  # a lean checkpoint (older ones hold every weight)
-            frozen = self._never_trained()
-            if weights_identity(self.state_dict(keep_vars=True), frozen) != state["base_weights"]:
+            # The weights it left out come from the base model: they must be the ones it was saved with.
+            current = self.state_dict(keep_vars=True)
+            absent = [k for k, v in current.items() if isinstance(v, torch.nn.Parameter) and k not in checkpoint["state_dict"]]
+            if weights_identity(current, absent) != state["base_weights"]:
                 raise ConfigError(
                     "resume: the base model's weights that this run does not train differ from the ones its checkpoint was "
                     "trained with (its checkpoints hold only the trained weights); resume with the same model.name_or_path files."
                 )
-            missing = [k for k in self.state_dict() if k not in checkpoint["state_dict"] and k not in frozen]
-            if missing:
-                raise ConfigError(f"resume: the checkpoint lacks trained weights, e.g. {missing[0]}; it was not written by this run's config.")
         self.drawn_total = torch.tensor(state["drawn_total"], dtype=torch.float64)
         # Checkpoints that predate the count trained every drawn sample that was not skipped.
         self.trained_total = torch.tensor(state.get("trained_total", state["drawn_total"]), dtype=torch.float64)
