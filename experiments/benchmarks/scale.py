@@ -78,7 +78,10 @@ def qwen2_vl(args):
     labels = torch.full_like(ids, -100)
     first = int(args.seq * (1 - args.supervised))
     labels[0, first:] = ids[0, first:]
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels, "image_grid_thw": grid, "labels": labels}
+    # What Qwen2-VL's processor returns beside input_ids: which tokens are image tokens (for M-RoPE).
+    mm_types = (ids == config.image_token_id).long()
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": mm_types, "pixel_values": pixels,
+             "image_grid_thw": grid, "labels": labels}
     return model, batch
 
 
