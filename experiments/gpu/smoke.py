@@ -40,7 +40,7 @@ def build_model(folder: str, cache: str, hidden: int, layers: int) -> str:
     model = LlavaForConditionalGeneration(config)
     model.save_pretrained(folder)
     AutoProcessor.from_pretrained(tiny).save_pretrained(folder)
-    return f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters"
+    return f"{sum(p.numel() for p in model.parameters()) / 1e6:,.0f}M parameters"
 
 
 def run(name: str, folder: str, out: str, cpu: bool, *extra: str) -> str:
