@@ -103,6 +103,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     peft: Optional[LoraConfig] = None
+    # Keywords for the processor's from_pretrained, e.g. {min_pixels: 200704, max_pixels: 1003520} for Qwen2-VL; the export keeps them.
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):

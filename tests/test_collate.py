@@ -141,3 +141,31 @@ def test_bos_is_handled_as_the_generation_path_does(processor):
     processor.chat_template = bos + processor.chat_template
     ids = Collator(processor, GROUPS, 512, "error")([rec])["input_ids"][0].tolist()
     assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+
+
+def test_a_sample_whose_labels_cannot_be_placed_follows_the_policy(processor, monkeypatch):
+    import curriculum.data.collate as collate
+
+    real = collate.align
+
+    def refuse_long(expanded, unexpanded):  # as when image expansion changes how neighbouring text tokenises
+        if len(unexpanded) > 60:
+            raise ValueError("the processor's token ids do not contain the chat text's tokens in order")
+        return real(expanded, unexpanded)
+
+    monkeypatch.setattr(collate, "align", refuse_long)
+    odd, ok = record("odd", "A much longer question " * 20, "A."), record("ok", "Q?", "A.")
+    batch = Collator(processor, GROUPS, 512, "skip")([odd, ok])
+    assert batch["sample_ids"] == ["ok"]
+    assert [s["id"] for s in batch["skipped"]] == ["odd"] and "labels cannot be placed" in batch["skipped"][0]["reason"]
+    with pytest.raises(SampleError, match=r"record odd \(test.jsonl\): labels cannot be placed"):
+        Collator(processor, GROUPS, 512, "error")([odd])
+
+
+def test_processor_kwargs_reach_the_processor_and_its_export(llava_path, tmp_path):
+    from transformers import AutoProcessor
+
+    processor = load_processor(llava_path, {"do_resize": False})
+    assert processor.image_processor.do_resize is False
+    processor.save_pretrained(tmp_path)
+    assert AutoProcessor.from_pretrained(tmp_path).image_processor.do_resize is False

@@ -250,7 +250,12 @@ class Collator:
         for row, p in enumerate(prepared):
             n = int(out["attention_mask"][row].sum())
             expanded = ids[row, :n].tolist()
-            mapping = align(expanded, p.ids)
+            try:
+                mapping = align(expanded, p.ids)
+            except ValueError as e:
+                keep.append(False)
+                reasons.append(f"labels cannot be placed on the processor's tokens: {e}")
+                continue
             image_pos = [k for k, j in enumerate(mapping) if j < 0 or p.ids[j] in self.image_token_ids]
             if n > self.max_length and image_pos and image_pos[-1] >= self.max_length:
                 keep.append(False)

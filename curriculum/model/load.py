@@ -35,12 +35,12 @@ def resolve_model_path(name_or_path: str, cache_dir: str) -> str:
     return ensure_builtin(name_or_path[len(BUILTIN_PREFIX):], cache_dir, lambda: iter_texts(shapes))
 
 
-def load_processor(path: str):
-    """The model's processor (tokenizer, image processor, chat template)."""
+def load_processor(path: str, kwargs: dict | None = None):
+    """The model's processor (tokenizer, image processor, chat template), with `kwargs` (model.processor_kwargs) for from_pretrained."""
     from transformers import AutoProcessor
 
     with _one_line(path):
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path, **(kwargs or {}))
     if getattr(processor, "chat_template", None) is None:
         raise ConfigError(f"model {path} has no chat template in its processor: labels need one to find assistant turns.")
     return processor
