@@ -54,6 +54,11 @@ def build_plan(bundle: DataBundle, stream: CurriculumStream | None = None, run_s
         "val_sources": sorted(bundle.val_report.sources),
         "invalid": bundle.invalid,
         "stages": [],
+        "record_tables": {
+            role: {"build_seconds": report.build_seconds, "reused": report.reused}
+            for role, report in (("train", bundle.train_report), ("val", bundle.val_report))
+            if report.build_seconds is not None
+        },
     }
     if stream is not None:
         plan["stages"] = stage_entries(stream, run_steps, bundle.train_report.groups)
@@ -122,6 +127,9 @@ def print_plan(plan: dict, console: Console | None = None) -> None:
     if val_sources:
         t.add_row("[b]val total[/b]", *(str(plan["val_groups"].get(g, 0)) for g in groups), str(val_invalid))
     console.print(t)
+    for role, table in plan.get("record_tables", {}).items():
+        how = "reused from the cache (built in" if table["reused"] else "built in"
+        console.print(f"{role} record table {how} {table['build_seconds']:.1f} s{')' if table['reused'] else ''}")
     if plan["stages"]:
         s = Table(title=f"Stages (global batch {plan['global_batch']}, {plan['batching']} batching)")
         # `mix` is the stage's target after its ramp; `fraction` is what the stage draws, ramp included.

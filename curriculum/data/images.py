@@ -1,10 +1,16 @@
-"""Safe image loading: every failure becomes one clear ImageError, never a library traceback."""
+"""Safe image loading: every failure becomes one clear ImageError, never a library traceback.
+
+An image is a file path or an embedded-image reference (see `embedded`); both load the same way.
+"""
 
 from __future__ import annotations
 
+import io
 import warnings
 
 from PIL import Image, UnidentifiedImageError
+
+from curriculum.data.embedded import EmbeddedImage, is_embedded, read_bytes
 
 
 class ImageError(Exception):
@@ -14,38 +20,47 @@ class ImageError(Exception):
 CHECKS = ("exists", "header", "full")
 
 
-def check_image(path: str, level: str) -> None:
+def check_image(image: str | EmbeddedImage, level: str) -> None:
     """Raise ImageError unless the image passes `level`: `header` opens it (format, size, bomb limit), `full` decodes it."""
-    if level == "full":
-        load_image(path)
-    elif level == "header":
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path):
-                    pass
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"image {path} is too large (decompression bomb limit {Image.MAX_IMAGE_PIXELS} pixels): {e}") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"image {path} is not a readable image file") from None
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"image {path} is corrupt or unreadable: {e}") from None
+    if level in ("header", "full"):
+        _open(image, full=level == "full")
 
 
-def load_image(path: str) -> Image.Image:
+def load_image(image: str | EmbeddedImage) -> Image.Image:
     """Open, fully decode and convert an image to RGB, respecting Pillow's decompression-bomb limit."""
+    return _open(image, full=True)
+
+
+def _open(image: str | EmbeddedImage, *, full: bool) -> Image.Image | None:
+    label, source = _source(image)
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we enforce the limit itself.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
+                if not full:
+                    return None
                 im.load()
                 return im.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"image {path} is too large (decompression bomb limit {Image.MAX_IMAGE_PIXELS} pixels): {e}") from None
+        raise ImageError(f"image {label} is too large (decompression bomb limit {Image.MAX_IMAGE_PIXELS} pixels): {e}") from None
     except FileNotFoundError:
-        raise ImageError(f"image {path} does not exist") from None
+        raise ImageError(f"image {label} does not exist") from None
     except UnidentifiedImageError:
-        raise ImageError(f"image {path} is not a readable image file") from None
+        raise ImageError(f"image {label} is not a readable image file") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"image {path} is corrupt or unreadable: {e}") from None
+        raise ImageError(f"image {label} is corrupt or unreadable: {e}") from None
+
+
+def _source(image: str | EmbeddedImage):
+    """(label for messages, what PIL opens) for a path, a reference string or an EmbeddedImage."""
+    if isinstance(image, str) and not is_embedded(image):
+        return image, image
+    embedded = image if isinstance(image, EmbeddedImage) else EmbeddedImage.parse(image)
+    data = embedded.data
+    if data is None:
+        try:
+            data = read_bytes(embedded)
+        except (OSError, KeyError, IndexError, ValueError) as e:
+            raise ImageError(f"image {embedded.describe()} cannot be read: {e}") from None
+    return embedded.describe(), io.BytesIO(data)

@@ -13,7 +13,10 @@ import json
 import operator
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
+
+import filelock
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +36,7 @@ __all__ = [
 ]
 
 # Bump whenever the schema or normalisation changes, so cached tables are never reused stale.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -58,6 +61,9 @@ class LoadReport:
     groups: dict[str, int] = field(default_factory=dict)
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     invalid: list[dict] = field(default_factory=list)
+    # Seconds the record table took to build, and whether this run reused it from the cache.
+    build_seconds: float | None = None
+    reused: bool = False
 
     def to_dict(self) -> dict:
         """Return a JSON-ready copy."""
@@ -65,12 +71,15 @@ class LoadReport:
             "groups": dict(self.groups),
             "sources": {source: dict(counts) for source, counts in self.sources.items()},
             "invalid": [dict(entry) for entry in self.invalid],
+            "build_seconds": self.build_seconds,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> LoadReport:
         """Rebuild a report from to_dict's output."""
-        return cls(groups=dict(data["groups"]), sources=dict(data["sources"]), invalid=list(data["invalid"]))
+        return cls(
+            groups=dict(data["groups"]), sources=dict(data["sources"]), invalid=list(data["invalid"]), build_seconds=data.get("build_seconds")
+        )
 
     def describe_invalid(self, limit: int = 20) -> str:
         """Return one line per invalid record (at most limit of them), for error messages."""
@@ -206,12 +215,12 @@ def build_record_table(
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f"{os.path.basename(out_path)}.", suffix=".tmp")
     os.close(fd)
+    started = time.perf_counter()
     try:
         report = _write_records(files, tmp, image_root, file_groups, check_images, keep_after_invalid=on_invalid == "skip")
+        report.build_seconds = round(time.perf_counter() - started, 3)
         if on_invalid == "error" and report.invalid:
             return None, report
-        if not report.groups:
-            raise DataFileError(f"no valid records in {list(files)}: all {len(report.invalid)} are invalid (see curriculum-plan)")
         os.replace(tmp, out_path)
     finally:
         if os.path.exists(tmp):
@@ -238,9 +247,18 @@ def _write_records(
                 if len(rows) >= BATCH_ROWS:
                     writer.write_batch(_to_batch(rows))
                     rows = []
+            _require_some_valid(path, report)
         if rows:
             writer.write_batch(_to_batch(rows))
     return report
+
+
+def _require_some_valid(path: str, report: LoadReport) -> None:
+    """A file none of whose records can be used is a mistake (wrong file, format or image_root): say why."""
+    if report.sources[path]:
+        return
+    own = [entry for entry in report.invalid if entry["source"] == path]
+    raise DataFileError(f"{path}: none of its {len(own)} record(s) is usable; the first: {_describe(own[0])[len(path) + 1:]}")
 
 
 def _to_batch(rows: list[dict]) -> pa.RecordBatch:
@@ -293,21 +311,29 @@ def load_or_build(
     on_invalid: str = "error",
     check_images: str = "header",
 ) -> tuple[RecordTable | None, LoadReport]:
-    """Return the cached record table for these inputs, building and caching it when absent or stale."""
+    """Return the cached record table for these inputs, building and caching it when absent or stale.
+
+    Processes sharing the cache (ranks of one node) build a new table once: the first takes a
+    file lock and builds, the others wait for it and open the result.
+    """
     _check_policy(on_invalid)
     key = records_fingerprint(files, image_root, file_groups, check_images)
-    table_path = os.path.join(cache_dir, "records", f"{key}.arrow")
-    report_path = os.path.join(cache_dir, "records", f"{key}.report.json")
-    report = _cached_report(table_path, report_path)
-    if report is not None:
-        if on_invalid == "error" and report.invalid:
-            return None, report
-        return RecordTable.open(table_path), report
-    table, report = build_record_table(
-        files, out_path=table_path, image_root=image_root, file_groups=file_groups, on_invalid=on_invalid, check_images=check_images
-    )
-    if table is not None:
-        _write_json_atomic(report_path, report.to_dict())
+    folder = os.path.join(cache_dir, "records")
+    os.makedirs(folder, exist_ok=True)
+    table_path = os.path.join(folder, f"{key}.arrow")
+    report_path = os.path.join(folder, f"{key}.report.json")
+    with filelock.FileLock(os.path.join(folder, f"{key}.lock")):
+        report = _cached_report(table_path, report_path)
+        if report is not None:
+            report.reused = True
+            if on_invalid == "error" and report.invalid:
+                return None, report
+            return RecordTable.open(table_path), report
+        table, report = build_record_table(
+            files, out_path=table_path, image_root=image_root, file_groups=file_groups, on_invalid=on_invalid, check_images=check_images
+        )
+        if table is not None:
+            _write_json_atomic(report_path, report.to_dict())
     return table, report
 
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from curriculum.config import RunConfig
+from curriculum.data.files import expand
 from curriculum.data.records import LoadReport, RecordTable, load_or_build
 
 PREFERRED_GROUP_ORDER = ("image_text", "text_only")
@@ -36,9 +37,9 @@ def order_groups(names) -> list[str]:
 
 
 def resolve_files(cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """Train and validation files: the user's, or the built-in shapes data generated on first use."""
+    """Train and validation data files: the user's entries expanded, or the built-in shapes data."""
     if cfg.data.train_files:
-        return list(cfg.data.train_files), list(cfg.data.val_files)
+        return _expand_all(cfg.data.train_files, "train"), _expand_all(cfg.data.val_files, "validation")
     from curriculum.data.builtin import ensure_shapes
 
     s = cfg.data.shapes
@@ -54,6 +55,19 @@ def resolve_files(cfg: RunConfig) -> tuple[list[str], list[str]]:
     return [shapes.train_file], [shapes.val_file]
 
 
+def _expand_all(entries, role: str) -> list[str]:
+    return [path for entry in entries for path in expand(entry, role)]
+
+
+def file_groups(cfg: RunConfig) -> dict[str, str]:
+    """data.file_groups with each entry (a file, glob or folder) replaced by the files it names."""
+    out = {}
+    for entry, group in (cfg.data.file_groups or {}).items():
+        role = "train" if entry in cfg.data.train_files else "validation"
+        out.update({path: group for path in expand(entry, role)})
+    return out
+
+
 def cache_dir(cfg: RunConfig) -> str:
     """The expanded cache folder for built-in data, models and record tables."""
     return os.path.expanduser(cfg.paths.cache_dir)
@@ -64,7 +78,7 @@ def load_data(cfg: RunConfig, *, on_invalid: str | None = None) -> DataBundle:
     train_files, val_files = resolve_files(cfg)
     policy = on_invalid or cfg.data.on_invalid.value
     common = dict(cache_dir=cache_dir(cfg), image_root=cfg.data.image_root, on_invalid=policy, check_images=cfg.data.check_images)
-    groups = dict(cfg.data.file_groups or {})
+    groups = file_groups(cfg)
     train, train_report = load_or_build(train_files, file_groups=_groups_of(train_files, groups), **common)
     val, val_report = load_or_build(val_files, file_groups=_groups_of(val_files, groups), **common) if val_files else (None, LoadReport())
     groups = order_groups(list(train_report.groups) + list(val_report.groups))
