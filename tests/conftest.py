@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -106,3 +107,63 @@ def read_json(path: str):
     """Load a JSON file."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def png_bytes(color=(255, 0, 0), size=(16, 16)) -> bytes:
+    """A small PNG image as bytes."""
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, "PNG")
+    return out.getvalue()
+
+
+HF_COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
+
+
+def write_hf_datasets(folder) -> dict[str, str]:
+    """Data as the Hugging Face ecosystem stores it, written by `datasets` itself.
+
+    - `hub/`: a Hub repo copy, content-part `messages` with embedded `images`, 2 train shards of
+      3 rows (2 image-text, 1 text-only each) and 1 validation shard (1 image-text, 1 text-only);
+    - `llava.parquet`: LLaVA columns, `image` an embedded Image or null: 3 image-text, 2 text-only;
+    - `saved/`: `save_to_disk` DatasetDict of the hub rows, splits train (6 rows) and test (2).
+    Image-text answers name the image's colour.
+    """
+    import datasets
+    from datasets import Dataset, DatasetDict, Features, Image as HFImage, List, Value
+
+    datasets.disable_progress_bars()
+    colours = list(HF_COLOURS)
+
+    def chat_row(i: int) -> dict:
+        if i % 3 == 2:
+            user = [{"type": "text", "text": f"What is {i} plus one?"}]
+            return {"id": f"t{i}", "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": f"{i + 1}."}]}], "images": []}
+        colour = colours[i % 3]
+        user = [{"type": "image"}, {"type": "text", "text": "Which colour fills the picture?"}]
+        answer = [{"type": "text", "text": f"{colour.capitalize()}."}]
+        return {"id": f"i{i}", "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                "images": [{"bytes": png_bytes(HF_COLOURS[colour]), "path": None}]}
+
+    part = {"type": Value("string"), "text": Value("string")}
+    features = Features({"id": Value("string"), "messages": List({"role": Value("string"), "content": List(part)}), "images": List(HFImage())})
+    train = Dataset.from_list([chat_row(i) for i in range(6)], features=features)
+    val = Dataset.from_list([chat_row(i) for i in (6, 8)], features=features)
+    hub = os.path.join(folder, "hub")
+    os.makedirs(os.path.join(hub, "data"))
+    for k in range(2):
+        train.shard(2, k, contiguous=True).to_parquet(os.path.join(hub, "data", f"train-{k:05d}-of-00002.parquet"))
+    val.to_parquet(os.path.join(hub, "data", "validation-00000-of-00001.parquet"))
+    with open(os.path.join(hub, "README.md"), "w") as f:
+        f.write("---\nlicense: cc-by-4.0\n---\n")
+    saved = os.path.join(folder, "saved")
+    DatasetDict({"train": train, "test": val}).save_to_disk(saved)
+    llava_rows = []
+    for i in range(5):
+        image = {"bytes": png_bytes(HF_COLOURS[colours[i % 3]]), "path": None} if i % 2 == 0 else None
+        question = "<image>\nWhich colour fills the picture?" if image else f"Say {i}."
+        answer = f"{colours[i % 3].capitalize()}." if image else f"{i}."
+        llava_rows.append({"id": f"l{i}", "image": image, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]})
+    llava_features = Features({"id": Value("string"), "image": HFImage(), "conversations": List({"from": Value("string"), "value": Value("string")})})
+    llava = os.path.join(folder, "llava.parquet")
+    Dataset.from_list(llava_rows, features=llava_features).to_parquet(llava)
+    return {"hub": hub, "saved": saved, "llava": llava}

@@ -107,7 +107,7 @@ def test_unreadable_data_file_is_one_line_not_a_traceback(tmp_path):
     (tmp_path / "table.csv").write_text("a,b\n")
     proc = run_cli("plan", f"data.train_files=[{tmp_path / 'table.csv'}]", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'table.csv'}: unsupported data file extension '.csv'; use .json, .jsonl or .parquet"
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'table.csv'}: unsupported data file extension '.csv'; use .json, .jsonl, .parquet, .arrow"
 
 
 @pytest.mark.slow

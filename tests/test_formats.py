@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import write_jsonl
-from curriculum.data.formats import InvalidRecordError, detect_format, iter_file, iter_records
+from conftest import HF_COLOURS, png_bytes, write_hf_datasets
+from curriculum.data.formats import DataFileError, InvalidRecordError, detect_format, iter_file, iter_records
+from curriculum.data.images import load_image
 
 
 def make_png(path) -> str:
@@ -228,14 +230,6 @@ def test_jsonl_broken_line_keeps_index_and_line(folder):
     assert entries[3][2]["id"] == "3"
 
 
-def test_json_array_syntax_error_is_one_entry_with_line(folder):
-    path = folder / "bad.json"
-    path.write_text('[\n{"id": "a"},\n{"id": }\n]', encoding="utf-8")
-    ((index, line, err),) = list(iter_records(str(path)))
-    assert (index, line) == (0, 3)
-    assert "invalid JSON at line 3" in err.reason
-
-
 @pytest.mark.parametrize(
     "record, expected",
     [
@@ -256,11 +250,13 @@ def test_json_array_syntax_error_is_one_entry_with_line(folder):
     ],
 )
 def test_invalid_reasons(folder, record, expected):
-    path = write_jsonl(folder / "x.jsonl", [record])
-    ((index, line, err),) = list(iter_records(path))
+    # A valid record of the same format first: the file's format is known, this record breaks it.
+    first = {"messages": [chat("user", "x"), chat("assistant", "y")]} if "messages" in record else llava("ok")
+    path = write_jsonl(folder / "x.jsonl", [first, record])
+    (_, (index, line, err)) = list(iter_records(path))
     assert isinstance(err, InvalidRecordError)
     assert expected in err.reason
-    assert (index, line) == (0, 1)
+    assert (index, line) == (1, 2)
     assert err.record_id == (record.get("id") if isinstance(record, dict) else None)
 
 
@@ -318,3 +314,105 @@ def test_relative_source_resolves_to_absolute_images(folder, monkeypatch):
     write_json(folder / "d.json", [llava("1", "a.png")])
     (item,) = load("d.json")
     assert item["images"] == [os.path.join(str(folder), "a.png")] and item["source"] == "d.json"
+
+
+# --- data as the Hugging Face ecosystem stores it ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    return write_hf_datasets(str(tmp_path_factory.mktemp("hf")))
+
+
+def test_content_part_messages_with_embedded_images_from_sharded_parquet(hf):
+    shard = os.path.join(hf["hub"], "data", "train-00000-of-00002.parquet")
+    items = load(shard)
+    assert [(item["id"], item["group"]) for item in items] == [("i0", "image_text"), ("i1", "image_text"), ("t2", "text_only")]
+    assert items[0]["messages"] == [chat("user", "<image>Which colour fills the picture?"), chat("assistant", "Red.")]
+    assert items[2]["messages"] == [chat("user", "What is 2 plus one?"), chat("assistant", "3.")]
+    # The table holds a reference to the bytes in the Parquet file, never a copy or a written-out file.
+    assert items[1]["images"] == [f"embedded:{shard}?row=1&column=images&item=0"]
+    assert load_image(items[1]["images"][0]).getpixel((0, 0)) == HF_COLOURS["green"]
+    assert items[2]["images"] == []
+
+
+def test_llava_columns_with_an_embedded_or_null_image(hf):
+    items = load(hf["llava"])
+    assert [item["group"] for item in items] == ["image_text", "text_only", "image_text", "text_only", "image_text"]
+    assert items[0]["messages"][0] == chat("user", "<image>\nWhich colour fills the picture?")
+    assert items[4]["images"] == [f"embedded:{hf['llava']}?row=4&column=image"]
+    assert load_image(items[4]["images"][0]).getpixel((0, 0)) == HF_COLOURS["green"]
+
+
+def test_save_to_disk_arrow_shard(hf):
+    shard = os.path.join(hf["saved"], "test", "data-00000-of-00001.arrow")
+    items = load(shard)
+    assert [(item["id"], item["group"]) for item in items] == [("i6", "image_text"), ("t8", "text_only")]
+    assert load_image(items[0]["images"][0]).getpixel((0, 0)) == HF_COLOURS["red"]
+
+
+def test_embedded_bytes_are_checked_like_files(tmp_path, monkeypatch):
+    from datasets import Dataset, Features, Image as HFImage, List, Value
+
+    rows = [{"messages": [{"role": "user", "content": "<image>Q?"}, {"role": "assistant", "content": "A."}], "images": [{"bytes": data, "path": None}]}
+            for data in (b"not an image", png_bytes(size=(40, 40)), png_bytes(size=(8, 8)))]
+    features = Features({"messages": List({"role": Value("string"), "content": Value("string")}), "images": List(HFImage())})
+    path = str(tmp_path / "e.parquet")
+    Dataset.from_list(rows, features=features).to_parquet(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 40x40 is past twice the limit: a bomb
+    found = reasons(load(path))
+    assert found[0] == f"image embedded in {path} (row 0, column 'images' item 0) is not a readable image file"
+    assert found[1].startswith(f"image embedded in {path} (row 1, column 'images' item 0) is too large (decompression bomb limit 500 pixels)")
+    assert len(found) == 2
+    assert reasons(load(path, check_images="exists")) == []
+
+
+def test_images_given_in_content_parts_and_urls(folder):
+    parts = [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Q?"}]
+    url = {"messages": [{"role": "user", "content": [{"type": "image", "image": "https://x.org/a.jpg"}]}, chat("assistant", "A.")]}
+    both = {"messages": [{"role": "user", "content": parts}, chat("assistant", "A.")], "images": ["b.png"]}
+    video = {"messages": [{"role": "user", "content": [{"type": "video"}]}, chat("assistant", "A.")]}
+    path = write_jsonl(folder / "p.jsonl", [{"messages": [{"role": "user", "content": parts}, chat("assistant", "A.")]}, url, both, video])
+    items = load(path)
+    assert items[0]["messages"][0] == chat("user", "<image>Q?") and items[0]["images"] == [str(folder / "a.png")]
+    assert reasons(items) == [
+        "image 0 is a URL (https://x.org/a.jpg); images are never downloaded at training time: download them and give local paths",
+        "images are given both in content parts and in 'images'; give them in one place",
+        "turn 0 part 0: unsupported content part (type 'video'); text and image parts are supported",
+    ]
+
+
+def test_json_lines_in_a_json_file_are_read(folder):
+    path = folder / "lines.json"
+    path.write_text(json.dumps(llava("0")) + "\n" + json.dumps(llava("1")) + "\n", encoding="utf-8")
+    assert [item["id"] for item in load(path)] == ["0", "1"]
+
+
+# --- whole-file faults: one line naming the file and the cause -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("cut.json", '[\n  {"id": "a", "conversations": []},\n  {"id": "b", "conv', "invalid JSON at line 3 column 15: Unterminated string starting at (the file ends early: truncated?)"),
+        ("cut2.json", '[\n  {"id": "a"}', "invalid JSON at line 2 column 14: the file ends inside the array (truncated?)"),
+        ("bad.json", '[\n{"id": "a"},\n{"id": }\n]', "invalid JSON at line 3 column 8: Expecting value"),
+        ("latin1.jsonl", '{"id": "a", "conversations": []}\n{"id": "caf\xe9"}\n'.encode("latin-1"),
+         "not UTF-8 text: byte 0xe9 at offset 44 (line 2); save the file as UTF-8"),
+        ("latin1.json", '[{"id": "caf\xe9"}]'.encode("latin-1"), "not UTF-8 text: byte 0xe9 at offset 12 (line 1); save the file as UTF-8"),
+        ("empty.jsonl", b"", "empty file (0 bytes)"),
+        ("blank.jsonl", "\n \n", "no records (only blank lines)"),
+        ("blank.json", "  \n", "empty file (only whitespace)"),
+        ("none.json", "[ ]", "an empty array: no records"),
+        ("object.json", '{"data": [], "version": 1}', "holds one JSON object (keys ['data', 'version']), not an array of records; write an array of records, or one record per line in a .jsonl file"),
+        ("array.jsonl", '[\n{"id": "a"}\n]\n', "a JSON array of records, not JSON Lines (one record per line); name the file .json"),
+        ("qa.jsonl", '{"question": "q", "answer": "a", "img": "x.png"}\n', "unknown format: it has records with keys ['answer', 'img', 'question']; known formats: llava ("),
+    ],
+)
+def test_whole_file_faults_are_one_line_naming_the_file(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(DataFileError) as err:
+        load(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {expected}") and "\n" not in message

@@ -5,14 +5,23 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from conftest import write_jsonl
+from conftest import HF_COLOURS, write_hf_datasets, write_jsonl
 from curriculum.data import records as records_module
+from curriculum.data.files import expand
+from curriculum.data.formats import DataFileError
+from curriculum.data.images import load_image
+from curriculum.datamodule import RecordDataset
 from curriculum.data.records import (
     SCHEMA,
     LoadReport,
@@ -158,12 +167,12 @@ def test_skip_mode_writes_valid_records(broken):
     assert json.loads(json.dumps(report.to_dict())) == report.to_dict()
 
 
-def test_no_valid_records(tmp_path):
+@pytest.mark.parametrize("on_invalid", ["skip", "error"])
+def test_a_file_with_no_usable_record_fails_naming_it_and_the_first_reason(tmp_path, on_invalid):
     path = write_jsonl(tmp_path / "bad.jsonl", ["{", "nope"])
-    with pytest.raises(ValueError, match="no valid records in"):
-        build_record_table([path], out_path=str(tmp_path / "r.arrow"), on_invalid="skip")
-    table, report = build_record_table([path], out_path=str(tmp_path / "r.arrow"))
-    assert table is None and len(report.invalid) == 2
+    expected = f"{path}: none of its 2 record(s) is usable; the first: record 0 (line 1): invalid JSON: Expecting property name"
+    with pytest.raises(DataFileError, match=re.escape(expected)):
+        build_record_table([path], out_path=str(tmp_path / "r.arrow"), on_invalid=on_invalid)
     assert os.listdir(tmp_path) == ["bad.jsonl"]
 
 
@@ -201,11 +210,12 @@ def test_load_or_build_reuses_cache(data):
     table, report = load_or_build([mixed, chat], cache_dir=cache)
     key = records_fingerprint([mixed, chat], None, None)
     assert table.path == os.path.join(cache, "records", f"{key}.arrow")
-    assert sorted(os.listdir(os.path.join(cache, "records"))) == [f"{key}.arrow", f"{key}.report.json"]
+    assert sorted(os.listdir(os.path.join(cache, "records"))) == [f"{key}.arrow", f"{key}.lock", f"{key}.report.json"]
     mtime = os.stat(table.path).st_mtime_ns
     again, report2 = load_or_build([mixed, chat], cache_dir=cache)
     assert os.stat(again.path).st_mtime_ns == mtime
-    assert report2 == report and again[3] == table[3]
+    assert report2.to_dict() == report.to_dict() and again[3] == table[3]
+    assert (report.reused, report2.reused) == (False, True) and report.build_seconds > 0
 
 
 def test_fingerprint_tracks_inputs(data):
@@ -235,7 +245,7 @@ def test_error_mode_failure_is_not_cached_and_missing_image_is_rechecked(broken)
     tmp_path, mixed, path = broken
     cache = str(tmp_path / "cache")
     table, report = load_or_build([mixed, path], cache_dir=cache)
-    assert table is None and not os.listdir(os.path.join(cache, "records"))
+    assert table is None and [f for f in os.listdir(os.path.join(cache, "records")) if not f.endswith(".lock")] == []
     load_or_build([mixed, path], cache_dir=cache, on_invalid="skip")
     Image.new("RGB", (4, 4)).save(tmp_path / "missing.png")
     table, report = load_or_build([mixed, path], cache_dir=cache, on_invalid="skip")
@@ -259,3 +269,46 @@ def test_content_digest_follows_the_records_not_their_folders(tmp_path):
     here, moved, edited = table(tmp_path / "here"), table(tmp_path / "moved"), table(tmp_path / "edited", answer="B.")
     assert here[0]["images"] != moved[0]["images"]
     assert here.content_digest() == moved.content_digest() != edited.content_digest()
+
+
+_BUILD_IN_ONE_PROCESS = """
+import json, sys, time
+from curriculum.data.records import load_or_build
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # start together
+table, report = load_or_build([sys.argv[1]], cache_dir=sys.argv[2])
+print(json.dumps({"reused": report.reused, "rows": [table[i] for i in range(len(table))]}))
+"""
+
+
+def test_two_processes_on_new_data_build_one_table_and_see_the_same_records(tmp_path):
+    # Enough records that the build takes a while: the second process must wait for the first.
+    lines = [llava(f"r{i}", answer=f"Answer {i}.") for i in range(20000)]
+    path = write_jsonl(tmp_path / "d.jsonl", lines)
+    start = time.time() + 3.0
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _BUILD_IN_ONE_PROCESS, path, str(tmp_path / "cache"), str(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    assert sorted(r["reused"] for r in results) == [False, True]
+    assert results[0]["rows"] == results[1]["rows"] and len(results[0]["rows"]) == 20000
+    assert sorted(f for f in os.listdir(tmp_path / "cache" / "records") if f.endswith(".arrow")) == [
+        f"{records_fingerprint([path], None, None)}.arrow"
+    ]
+
+
+def test_embedded_images_are_read_by_dataloader_workers(tmp_path):
+    hf = write_hf_datasets(str(tmp_path))
+    files = expand(hf["hub"], "train") + [hf["llava"]] + expand(hf["saved"], "train")
+    table, report = load_or_build(files, cache_dir=str(tmp_path / "cache"))
+    assert report.groups == {"image_text": 11, "text_only": 6}
+    _colours([table[0]])  # the parent reads too: forked workers must not reuse its open files
+    loader = DataLoader(RecordDataset(table), batch_size=4, num_workers=2, collate_fn=_colours, multiprocessing_context="fork")
+    colours = [c for batch in loader for c in batch]
+    answers = [table[i]["messages"][-1]["content"].rstrip(".").lower() for i in range(len(table))]
+    expected = [(HF_COLOURS[a],) if table[i]["images"] else () for i, a in enumerate(answers)]
+    assert colours == expected
+
+
+def _colours(records: list[dict]) -> list[tuple]:
+    return [tuple(load_image(ref).getpixel((0, 0)) for ref in r["images"]) for r in records]

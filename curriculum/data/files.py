@@ -36,28 +36,19 @@ def expand(entry: str, role: str) -> list[str]:
     """The data files `entry` names for `role` ("train" or "validation"), in a stable order."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    path, split = _split_suffix(entry)
-    if glob.has_magic(path):
-        if split:
-            raise DataFileError(f"{entry}: a glob pattern cannot name a split; point at the split's files")
-        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-        if not files:
-            raise FileNotFoundError(f"no data file matches {path}")
-        return files
-    if os.path.isfile(path):
-        if split:
-            raise DataFileError(f"{entry}: only a folder can name a split; {path} is a file")
-        return [path]
-    if os.path.isdir(path):
-        return _folder(path, split, role)
-    raise FileNotFoundError(f"data file not found: {path}")
-
-
-def _split_suffix(entry: str) -> tuple[str, str | None]:
     m = _SPLIT_SUFFIX.match(entry)
     if m and not os.path.exists(entry) and os.path.isdir(m["base"]):
-        return m["base"], m["split"]
-    return entry, None
+        return _folder(m["base"], m["split"], role)
+    if glob.has_magic(entry):
+        files = sorted(f for f in glob.glob(entry, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise FileNotFoundError(f"no data file matches {entry}")
+        return files
+    if os.path.isfile(entry):
+        return [entry]
+    if os.path.isdir(entry):
+        return _folder(entry, None, role)
+    raise FileNotFoundError(f"data file not found: {entry}")
 
 
 def _folder(folder: str, split: str | None, role: str) -> list[str]:

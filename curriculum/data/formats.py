@@ -52,6 +52,10 @@ class InvalidRecordError(ValueError):
         self.record_id = record_id
 
 
+class UnknownFormatError(InvalidRecordError):
+    """A record that is not an object or has none of the keys of a known format."""
+
+
 EXTENSIONS = (".json", ".jsonl", ".parquet", ".arrow")
 KNOWN_FORMATS = (
     "llava ('conversations' of {from, value} turns, optional 'image')",
@@ -142,7 +146,9 @@ def _decode_at(path: str, text: str, pos: int, decoder: json.JSONDecoder):
     try:
         return decoder.raw_decode(text, pos)
     except json.JSONDecodeError as err:
-        truncated = " (the file ends early: truncated?)" if err.pos >= len(text.rstrip()) else ""
+        # An unterminated string runs to the end of the file: as much a sign of truncation as an early end.
+        ends_early = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
+        truncated = " (the file ends early: truncated?)" if ends_early else ""
         raise DataFileError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}{truncated}") from None
 
 
@@ -154,10 +160,6 @@ def _json_error(path: str, text: str, pos: int, what: str):
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
     with open(path, "rb") as f:
-        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-        if head.startswith(b"["):
-            raise DataFileError(f"{path}: starts with '[': a JSON array, not JSON Lines; name the file .json")
-        f.seek(0)
         yield from _jsonl_lines(path, f)
 
 
@@ -182,10 +184,19 @@ def _jsonl_lines(path: str, lines) -> Iterator[tuple[int, int | None, dict | Inv
             obj = json.loads(raw.rstrip(b"\r\n"))  # so an error at the end reports its column on this line
         except json.JSONDecodeError as err:
             obj = InvalidRecordError(f"invalid JSON: {err.msg} (column {err.colno})")
+        if index == 0 and _array_start(raw, obj):
+            raise DataFileError(f"{path}: a JSON array of records, not JSON Lines (one record per line); name the file .json")
         yield index, line, obj
         index += 1
     if index == 0:
         raise DataFileError(f"{path}: no records (only blank lines)")
+
+
+def _array_start(raw: bytes, obj) -> bool:
+    """Whether a first line opens a pretty-printed JSON array or is a one-line array of records."""
+    if raw.strip() == b"[":
+        return True
+    return isinstance(obj, list) and bool(obj) and all(isinstance(item, dict) for item in obj)
 
 
 def _iter_parquet(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
@@ -224,11 +235,11 @@ def _iter_batches(path: str, batches) -> Iterator[tuple[int, int | None, dict | 
 def detect_format(obj: dict) -> str:
     """Return "llava", "minicpm" or "messages" for one raw record, or raise InvalidRecordError."""
     if not isinstance(obj, dict):
-        raise InvalidRecordError(f"record is not a JSON object (got {_kind(obj)})")
+        raise UnknownFormatError(f"record is not a JSON object (got {_kind(obj)})")
     if "messages" in obj:
         return "messages"
     if "conversations" not in obj:
-        raise InvalidRecordError(
+        raise UnknownFormatError(
             "unrecognised record: expected a 'conversations' (LLaVA, MiniCPM-V) or 'messages' key, "
             f"got keys {sorted(obj)}"
         )
@@ -296,7 +307,7 @@ def iter_records(
         try:
             try:
                 found = detect_format(raw)
-            except InvalidRecordError:
+            except UnknownFormatError:
                 undetected += 1
                 if first_keys is None and isinstance(raw, dict):
                     first_keys = sorted(raw)
