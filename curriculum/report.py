@@ -16,7 +16,7 @@ import textwrap
 import numpy as np
 import yaml
 
-from curriculum.metrics_log import FILE, read_rows
+from curriculum.metrics_file import FILE, read_rows
 
 GROUP_PREFIXES = ("train/loss_", "val/loss_", "train/tokens_", "mix/", "samples/")
 Rows = list[dict[str, float]]

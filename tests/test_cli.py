@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import png, read_json, run_cli
+from conftest import png, read_json, run_cli, write_hf_datasets
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,12 @@ def mixed_files(tmp_path_factory):
     (d / "val.json").write_text(json.dumps(val))
     files = [str(d / "llava.json"), str(d / "minicpm.jsonl"), str(d / "swift.parquet")]
     return d, files, str(d / "val.json")
+
+
+@pytest.fixture(scope="module")
+def hf_data(tmp_path_factory):
+    """Hub repo copy, LLaVA-column Parquet and save_to_disk folder written by `datasets` (see conftest)."""
+    return write_hf_datasets(str(tmp_path_factory.mktemp("hf")))
 
 
 def data_overrides(files, val):
@@ -108,14 +114,38 @@ def test_unreadable_data_file_is_one_line_not_a_traceback(tmp_path):
     proc = run_cli("plan", f"data.train_files=[{tmp_path / 'table.csv'}]", f"hydra.run.dir={tmp_path / 'run'}", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'table.csv'}: unsupported data file extension '.csv'; use .json, .jsonl, .parquet, .arrow"
+    (tmp_path / "cut.json").write_text('[{"id": "a", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "val')
+    proc = run_cli("plan", f"data.train_files=[{tmp_path / 'cut.json'}]", f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'cut.json'}: invalid JSON at line 1 column 82: Unterminated string starting at (the file ends early: truncated?)"
+    )
+
+
+def test_plan_reads_hugging_face_layouts_with_exact_counts(hf_data, tmp_path):
+    shards = os.path.join(hf_data["hub"], "data", "train-*.parquet")
+    train = [hf_data["saved"], hf_data["llava"], shards]
+    proc = run_cli("plan", f"data.train_files=[{','.join(train)}]", f"data.val_files=[{hf_data['hub']}]", f"hydra.run.dir={tmp_path}")
+    plan = read_json(tmp_path / "plan.json")
+    assert plan["groups"] == {"image_text": 11, "text_only": 6} and plan["val_groups"] == {"image_text": 1, "text_only": 1}
+    shard = os.path.join(hf_data["hub"], "data", "train-{}-of-00002.parquet")
+    assert plan["sources"] == {
+        os.path.join(hf_data["saved"], "train", "data-00000-of-00001.arrow"): {"image_text": 4, "text_only": 2},
+        hf_data["llava"]: {"image_text": 3, "text_only": 2},
+        shard.format("00000"): {"image_text": 2, "text_only": 1},
+        shard.format("00001"): {"image_text": 2, "text_only": 1},
+        os.path.join(hf_data["hub"], "data", "validation-00000-of-00001.parquet"): {"image_text": 1, "text_only": 1},
+    }
+    assert plan["invalid"] == [] and "train record table built in" in proc.stdout
 
 
 @pytest.mark.slow
-def test_train_on_mixed_files_logs_group_losses_and_exports(mixed_files, tmp_path):
+def test_train_on_mixed_files_logs_group_losses_and_exports(mixed_files, hf_data, tmp_path):
     _, files, val = mixed_files
     run = tmp_path / "run"
+    # With a Hub repo copy: content-part messages whose images are embedded in its Parquet shards.
     proc = run_cli(
-        "train", *data_overrides(files, val), "data.on_invalid=skip", "schedule=single", "trainer.max_steps=6", "trainer.val_every_n_steps=3",
+        "train", *data_overrides(files + [hf_data["hub"]], val), "data.on_invalid=skip", "schedule=single", "trainer.max_steps=6", "trainer.val_every_n_steps=3",
         "data.micro_batch_size=2", "data.num_workers=0", f"hydra.run.dir={run}",
     )
     assert f"run folder: {run}" in proc.stdout

@@ -31,9 +31,9 @@ def rows(run) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in csv.DictReader(f)]
 
 
-def start(run, *extra) -> subprocess.Popen:
+def start_resume(*overrides) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "curriculum.cli.train", *ARGS, *extra, f"hydra.run.dir={run}"],
+        [sys.executable, "-m", "curriculum.cli.train", *overrides, "trainer.max_steps=null"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -68,48 +68,42 @@ def reference(tmp_path_factory, cache_dir, shapes):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "point",
-    [
-        "mid_stage",           # well inside the blend stage, likely inside a step's accumulation
-        "stage_boundary",      # right after the align stage's checkpoint is written
-        "mid_accumulation",    # just after a step's row: the next step's first micro-batch is running
-        "during_checkpoint",   # while last.ckpt.tmp is being written
-    ],
-)
-def test_killed_run_resumes_to_identical_metrics(point, reference, tmp_path):
-    run = tmp_path / "run"
-    proc = start(run)
-    ckpt_tmp = run / "checkpoints" / "last.ckpt.tmp"
-    ready, delay, poll = {
-        "mid_stage": (train_rows_at_least(run, 7), 0.05, 0.002),
-        "stage_boundary": (lambda: (run / "checkpoints" / "stage-align.ckpt").exists(), 0.0, 0.002),
-        "mid_accumulation": (train_rows_at_least(run, 5), 0.0, 0.002),
-        # A checkpoint write lasts milliseconds: poll without sleeping to catch the temporary file.
-        "during_checkpoint": (lambda: ckpt_tmp.exists() and (run / "checkpoints" / "last.ckpt").exists(), 0.0, 0.0),
-    }[point]
-    kill_when(proc, ready, delay, poll)
-    assert read_json(run / "status.json")["status"] == "running"
-    run_cli("train", f"resume={run}")
-    assert rows(run) == reference
-    assert read_json(run / "status.json")["status"] == "completed"
-    assert not ckpt_tmp.exists()
+def test_a_run_stopped_early_then_killed_at_every_kind_of_point_resumes_to_identical_metrics(reference, tmp_path):
+    """One run, resumed after each interruption, ends with the uninterrupted run's metrics.csv row by row.
 
-
-@pytest.mark.slow
-def test_resume_latest_picks_the_newest_run(reference, tmp_path):
+    Stopping early (trainer.max_steps) changes nothing in an update (the LR follows the stages), and
+    a SIGKILL at any point loses nothing: right after a stage's checkpoint, inside a step's
+    accumulation, while last.ckpt.tmp is being written, well inside a stage. One chain keeps the
+    suite fast; the first resume finds the run with resume=latest, and TensorBoard holds each
+    step once, with the CSV's value (the killed processes' later events are purged).
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     root = tmp_path / "outputs"
     run = root / "2026-01-01" / "00-00-00"
-    proc = start(run, f"paths.output_root={root}", "logger=tensorboard")
-    kill_when(proc, train_rows_at_least(run, 5))
-    run_cli("train", "resume=latest", f"paths.output_root={root}")
+    checkpoints = run / "checkpoints"
+    ckpt_tmp = checkpoints / "last.ckpt.tmp"
+    first = ["logger=tensorboard", f"paths.output_root={root}", f"hydra.run.dir={run}"]
+    run_cli("train", *ARGS, *first, "trainer.max_steps=3")
+    assert read_json(run / "status.json")["status"] == "completed" and len(rows(run)) < len(reference)
+    kills = [
+        ("resume=latest", lambda: (checkpoints / "stage-align.ckpt").exists(), 0.0, 0.002),  # stage boundary
+        (f"resume={run}", train_rows_at_least(run, 5), 0.0, 0.002),  # the next step's first micro-batch runs
+        # A checkpoint write lasts milliseconds: poll without sleeping to catch the temporary file.
+        (f"resume={run}", lambda: ckpt_tmp.exists() and train_rows_at_least(run, 7)(), 0.0, 0.0),
+        (f"resume={run}", train_rows_at_least(run, 9), 0.05, 0.002),  # well inside the stage
+    ]
+    for how, ready, delay, poll in kills:
+        proc = start_resume(how, f"paths.output_root={root}")
+        kill_when(proc, ready, delay, poll)
+        assert read_json(run / "status.json")["status"] == "running", how
+    run_cli("train", f"resume={run}", "trainer.max_steps=null")
     assert rows(run) == reference
-    # TensorBoard holds each step once, with the CSV's value: the killed process's later events are purged.
+    assert read_json(run / "status.json")["status"] == "completed"
+    assert not ckpt_tmp.exists()
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    assert len(list((run / "tensorboard").glob("events.*"))) == 2
+    assert len(list((run / "tensorboard").glob("events.*"))) == 2 + len(kills)
     for key in ("train/loss", "val/loss"):
         logged = [(e.step, e.value) for e in events.Scalars(key)]
         expected = [(int(r["step"]), float(r[key])) for r in reference if r[key]]
@@ -299,14 +293,6 @@ def test_growing_the_current_stage_keeps_its_warmup_length(tmp_path):
     for change in (["schedule.stages.blend.warmup_fraction=0.5"], ["schedule.stages.blend.lr=0.1"], ["schedule.stages.align.scheduler=linear"]):
         with pytest.raises(ConfigError, match="changes what the run already trained"):
             prepare(cfg, str(run), change)
-
-
-@pytest.mark.slow
-def test_stopping_early_then_resuming_equals_the_uninterrupted_run(reference, tmp_path):
-    # Nothing in an update depends on where a run was told to stop (the LR follows the stages).
-    run_cli("train", *ARGS, "trainer.max_steps=6", f"hydra.run.dir={tmp_path}")
-    run_cli("train", f"resume={tmp_path}", "trainer.max_steps=null")
-    assert rows(tmp_path) == reference
 
 
 @pytest.mark.slow
