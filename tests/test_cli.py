@@ -123,17 +123,19 @@ def test_unreadable_data_file_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_plan_reads_hugging_face_layouts_with_exact_counts(hf_data, tmp_path):
-    shards = os.path.join(hf_data["hub"], "data", "train-*.parquet")
-    train = [hf_data["saved"], hf_data["llava"], shards]
-    proc = run_cli("plan", f"data.train_files=[{','.join(train)}]", f"data.val_files=[{hf_data['hub']}]", f"hydra.run.dir={tmp_path}")
+    train = [hf_data["saved"], hf_data["llava"], hf_data["hub"]]
+    val = os.path.join(hf_data["hub"], "data", "validation-*.parquet")
+    # A group for every file a folder (or glob) entry names, given by the entry as written.
+    proc = run_cli("plan", f"data.train_files=[{','.join(train)}]", f"data.val_files=[{val}]",
+                   f"data.file_groups={{{hf_data['hub']}: hub}}", "+schedule.stages.blend.mix.hub=0.2", f"hydra.run.dir={tmp_path}")
     plan = read_json(tmp_path / "plan.json")
-    assert plan["groups"] == {"image_text": 11, "text_only": 6} and plan["val_groups"] == {"image_text": 1, "text_only": 1}
+    assert plan["groups"] == {"image_text": 7, "text_only": 4, "hub": 6} and plan["val_groups"] == {"image_text": 1, "text_only": 1}
     shard = os.path.join(hf_data["hub"], "data", "train-{}-of-00002.parquet")
     assert plan["sources"] == {
         os.path.join(hf_data["saved"], "train", "data-00000-of-00001.arrow"): {"image_text": 4, "text_only": 2},
         hf_data["llava"]: {"image_text": 3, "text_only": 2},
-        shard.format("00000"): {"image_text": 2, "text_only": 1},
-        shard.format("00001"): {"image_text": 2, "text_only": 1},
+        shard.format("00000"): {"hub": 3},
+        shard.format("00001"): {"hub": 3},
         os.path.join(hf_data["hub"], "data", "validation-00000-of-00001.parquet"): {"image_text": 1, "text_only": 1},
     }
     assert plan["invalid"] == [] and "train record table built in" in proc.stdout
