@@ -145,9 +145,10 @@ def test_plan_reads_hugging_face_layouts_with_exact_counts(hf_data, tmp_path):
 def test_train_on_mixed_files_logs_group_losses_and_exports(mixed_files, hf_data, tmp_path):
     _, files, val = mixed_files
     run = tmp_path / "run"
-    # With a Hub repo copy: content-part messages whose images are embedded in its Parquet shards.
+    # With Hugging Face layouts: a Hub repo copy (content-part messages, images embedded in its
+    # Parquet shards), a save_to_disk folder and LLaVA columns with an embedded or null image.
     proc = run_cli(
-        "train", *data_overrides(files + [hf_data["hub"]], val), "data.on_invalid=skip", "schedule=single", "trainer.max_steps=6", "trainer.val_every_n_steps=3",
+        "train", *data_overrides(files + [hf_data["hub"], hf_data["saved"], hf_data["llava"]], val), "data.on_invalid=skip", "schedule=single", "trainer.max_steps=6", "trainer.val_every_n_steps=3",
         "data.micro_batch_size=2", "data.num_workers=0", f"hydra.run.dir={run}",
     )
     assert f"run folder: {run}" in proc.stdout

@@ -406,6 +406,8 @@ def test_json_lines_in_a_json_file_are_read(folder):
         ("none.json", "[ ]", "an empty array: no records"),
         ("object.json", '{"data": [], "version": 1}', "holds one JSON object (keys ['data', 'version']), not an array of records; write an array of records, or one record per line in a .jsonl file"),
         ("array.jsonl", '[\n{"id": "a"}\n]\n', "a JSON array of records, not JSON Lines (one record per line); name the file .json"),
+        ("junk.parquet", b"PAR1 this is not parquet", "not a readable Parquet file: "),
+        ("junk.arrow", b"ARROW1 this is not arrow", "not a readable Arrow file (as `datasets` save_to_disk writes): "),
         ("qa.jsonl", '{"question": "q", "answer": "a", "img": "x.png"}\n', "unknown format: it has records with keys ['answer', 'img', 'question']; known formats: llava ("),
     ],
 )
@@ -416,3 +418,9 @@ def test_whole_file_faults_are_one_line_naming_the_file(tmp_path, name, content,
         load(path)
     message = str(err.value)
     assert message.startswith(f"{path}: {expected}") and "\n" not in message
+
+
+def test_messages_with_a_single_image_column(folder):
+    path = write_jsonl(folder / "one.jsonl", [{"messages": [chat("user", "<image>Q?"), chat("assistant", "A.")], "image": "a.png"},
+                                              {"messages": [chat("user", "Q?"), chat("assistant", "A.")], "image": None}])
+    assert [item["images"] for item in load(path)] == [[str(folder / "a.png")], []]

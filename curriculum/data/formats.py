@@ -201,11 +201,23 @@ def _array_start(raw: bytes, obj) -> bool:
 
 def _iter_parquet(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
     try:
-        source = pq.ParquetFile(path)
-        batches = source.iter_batches(batch_size=_PARQUET_BATCH_ROWS)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH_ROWS)
     except (pa.ArrowException, OSError) as err:
         raise DataFileError(f"{path}: not a readable Parquet file: {err}") from None
-    yield from _iter_batches(path, batches)
+    yield from _iter_batches(path, _guarded(path, batches, "Parquet"))
+
+
+def _guarded(path: str, batches, kind: str):
+    """Batches of a file; a fault met while reading one (a corrupt page) names the file."""
+    batches = iter(batches)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as err:
+            raise DataFileError(f"{path}: unreadable {kind} data: {err}") from None
+        yield batch
 
 
 def _iter_arrow(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
@@ -362,7 +374,8 @@ def _minicpm(obj: dict) -> tuple[list[dict], list]:
 
 
 def _messages(obj: dict) -> tuple[list[dict], list]:
-    images = obj.get("images") or []
+    # Some Hub datasets hold one image per row in an `image` column beside `messages`.
+    images = obj.get("images") or ([obj["image"]] if obj.get("image") is not None else [])
     if not isinstance(images, list):
         raise InvalidRecordError(f"'images' must be a list of paths or images, got {_kind(images)}")
     inline: list = []

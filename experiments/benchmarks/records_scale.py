@@ -114,7 +114,8 @@ def write_data(workdir: str, n: int, unique: int) -> tuple[str, str, str]:
         records.append(record)
         embedded.append({"bytes": rng.choice(pngs), "path": None} if image else None)
     with open(json_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(records, f, indent=2)  # the real file is indented too
+        # One record per line (json.dump with indent runs the pure-Python encoder: minutes at this size).
+        f.write("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
     os.replace(json_path + ".tmp", json_path)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table({
