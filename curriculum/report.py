@@ -1,4 +1,6 @@
-"""Reports over run folders: report.png per run; summary.csv / summary.md / summary.png per multirun.
+"""Reports over run folders: report.png per run; per multirun, runs.csv / runs.png (one row and one
+line per run) and summary.csv / summary.md / summary.png (runs that differ only in `seed`
+aggregated: mean, standard deviation and 95% confidence interval over seeds).
 
 A run folder holds metrics.csv (Lightning CSV logger), plan.json, .hydra/overrides.yaml and
 status.json; a multirun folder holds numbered job folders 0/, 1/, ... that are run folders.
@@ -11,12 +13,14 @@ import csv
 import json
 import math
 import os
+import re
 import textwrap
 
 import numpy as np
 import yaml
 
 from curriculum.metrics_file import FILE, read_rows
+from curriculum.stats import mean_interval
 
 GROUP_PREFIXES = ("train/loss_", "val/loss_", "train/tokens_", "mix/", "samples/")
 Rows = list[dict[str, float]]
@@ -295,8 +299,8 @@ def differing_overrides(overrides: list[list[str]]) -> tuple[list[str], list[str
     return [" ".join(o for o in ov if o not in common) for ov in overrides], common
 
 
-def plot_summary(multirun_dir: str, rows: list[dict], path: str) -> str:
-    """summary.png: validation loss per group over steps, one line per run, stage boundaries of a completed run."""
+def plot_runs(multirun_dir: str, rows: list[dict], path: str) -> str:
+    """runs.png: validation loss per group over steps, one line per run, stage boundaries of a completed run."""
     dirs = [os.path.join(multirun_dir, r["run"]) for r in rows]
     metrics = [read_metrics(d) for d in dirs]
     groups = [c[len("final val/loss_"):] for c in _columns(rows) if c.startswith("final val/loss_")]
@@ -343,16 +347,139 @@ def plot_summary(multirun_dir: str, rows: list[dict], path: str) -> str:
     return path
 
 
+# ---- seeds ----------------------------------------------------------------------------------
+
+_SEED = re.compile(r"^[+~]?seed=")
+MIN_SEEDS = 3
+
+
+def config_key(overrides: list[str]) -> tuple[str, ...]:
+    """A run's overrides without its seed: runs with the same key differ only in seed."""
+    return tuple(o for o in overrides if not _SEED.match(o))
+
+
+def aggregate(runs: list[dict], overrides: list[list[str]]) -> list[dict]:
+    """One row per configuration (runs that differ only in seed), in first-run order.
+
+    `seeds` counts its completed runs, `excluded` the others (failed, running, stopped early);
+    each final metric gets the mean, sample standard deviation and 95% interval of the mean
+    (t-distribution) over the completed runs that logged it.
+    """
+    keys = [config_key(o) for o in overrides]
+    labels, _ = differing_overrides([list(k) for k in keys])
+    metrics = [c for c in _columns(runs) if c.startswith(("final ", "best "))]
+    out = []
+    for key in dict.fromkeys(keys):
+        members = [i for i, k in enumerate(keys) if k == key]
+        done = [runs[i] for i in members if runs[i]["status"] == "completed"]
+        row = {"config": labels[members[0]] or "(no differing overrides)", "runs": " ".join(runs[i]["run"] for i in members),
+               "seeds": len(done), "excluded": len(members) - len(done)}
+        for m in metrics:
+            values = [r[m] for r in done if r.get(m) is not None and not math.isnan(r[m])]
+            stats = mean_interval(values) if values else (None, None, None, None)
+            for name, value in zip(("mean", "std", "ci95_low", "ci95_high"), stats):
+                row[f"{m} {name}"] = None if value is None or math.isnan(value) else value
+        out.append(row)
+    return out
+
+
+def aggregate_markdown(configs: list[dict]) -> str:
+    """The aggregated rows as a markdown table: each metric as `mean ± half-interval (sd std)`."""
+    metrics = [c[: -len(" mean")] for c in _columns(configs) if c.endswith(" mean")]
+    rows = []
+    for c in configs:
+        row = {k: c[k] for k in ("config", "runs", "seeds", "excluded")}
+        for m in metrics:
+            mean, std, low, high = (c.get(f"{m} {x}") for x in ("mean", "std", "ci95_low", "ci95_high"))
+            row[m] = "" if mean is None else f"{mean:.4f}" + ("" if high is None else f" ± {high - mean:.4f} (sd {std:.4f})")
+        rows.append(row)
+    return markdown_table(rows)
+
+
+def few_seeds(configs: list[dict]) -> list[dict]:
+    """Configurations with fewer than MIN_SEEDS completed runs (their intervals are wide or missing)."""
+    return [c for c in configs if c["seeds"] < MIN_SEEDS]
+
+
+def _val_curves(dirs: list[str], group: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Validation steps every run logged for `group`, and each run's values at those steps."""
+    curves = [dict(zip(*series(read_metrics(d), f"val/loss_{group}"))) for d in dirs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return np.array(steps, dtype=float), [np.array([c[s] for s in steps]) for c in curves]
+
+
+def plot_aggregate(multirun_dir: str, runs: list[dict], configs: list[dict], path: str) -> str:
+    """summary.png: per group, validation loss over steps (mean of the seeds, 95% band) and the final value (mean, 95% bar)."""
+    groups = [c[len("final val/loss_"): -len(" mean")] for c in _columns(configs) if c.startswith("final val/loss_") and c.endswith(" mean")]
+    by_name = {r["run"]: r for r in runs}
+    n = max(1, len(groups))
+    fig = _figure(figsize=(min(6.5 * n, 20), 8 + 0.3 * len(configs)))
+    axes = fig.subplots(2, n, squeeze=False, height_ratios=[1.6, 1])
+    if not groups:
+        _empty(axes[0][0], "no validation rows in any completed run")
+    for k, g in enumerate(groups):
+        top, bottom = axes[0][k], axes[1][k]
+        for i, c in enumerate(configs):
+            color = f"C{i % 10}"
+            dirs = [os.path.join(multirun_dir, name) for name in c["runs"].split() if by_name[name]["status"] == "completed"]
+            steps, values = _val_curves(dirs, g)
+            if len(steps):
+                stacked = np.vstack(values)
+                mean = stacked.mean(axis=0)
+                top.plot(steps, mean, color=color, marker="o", ms=3)
+                if len(values) > 1:
+                    intervals = [mean_interval(list(stacked[:, j])) for j in range(len(steps))]
+                    top.fill_between(steps, [x[2] for x in intervals], [x[3] for x in intervals], color=color, alpha=0.2, lw=0)
+            mean, low, high = (c.get(f"final val/loss_{g} {x}") for x in ("mean", "ci95_low", "ci95_high"))
+            if mean is not None:
+                err = [[mean - low], [high - mean]] if low is not None else None
+                bottom.errorbar([mean], [i], xerr=err, fmt="o", color=color, capsize=4)
+        top.set_title(f"val/loss_{g}: mean over seeds, 95% band", fontsize=11)
+        top.set_xlabel("optimizer step")
+        top.grid(alpha=0.3)
+        bottom.set_title(f"final val/loss_{g}: mean, 95% interval", fontsize=11)
+        bottom.set_yticks(range(len(configs)), [f"{i}" for i in range(len(configs))])
+        bottom.set_ylim(len(configs) - 0.5, -0.5)  # configuration 0 on top
+        bottom.grid(alpha=0.3, axis="x")
+    axes[0][0].set_ylabel("validation loss (per token)")
+    axes[1][0].set_ylabel("configuration")
+
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=f"C{i % 10}", marker="o", ms=4) for i in range(len(configs))]
+    names = [textwrap.shorten(f"{i}: {c['config']} ({c['seeds']} seed{'s' if c['seeds'] != 1 else ''}"
+                              + (f", {c['excluded']} excluded" if c["excluded"] else "") + ")", 150) for i, c in enumerate(configs)]
+    if configs:
+        fig.legend(handles, names, loc="outside lower center", ncols=1, fontsize=9, title="configuration (runs differing only in seed)", title_fontsize=9)
+    fig.suptitle(f"Seeds aggregated: {os.path.basename(os.path.abspath(multirun_dir))} ({len(runs)} runs, {len(configs)} configurations)", fontsize=11)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def write_summary(multirun_dir: str) -> dict[str, str]:
-    """Write summary.csv, summary.md and summary.png in the multirun folder; returns {kind: path}."""
-    rows = summarize(multirun_dir)
+    """Write runs.csv / runs.png and summary.csv / summary.md / summary.png in the multirun folder; returns {name: path}."""
+    runs = summarize(multirun_dir)
+    overrides = [read_overrides(os.path.join(multirun_dir, r["run"])) for r in runs]
+    configs = aggregate(runs, overrides)
+    paths = {name: os.path.join(multirun_dir, name) for name in ("summary.csv", "summary.md", "summary.png", "runs.csv", "runs.png")}
+    _write_csv(paths["runs.csv"], runs)
+    _write_csv(paths["summary.csv"], configs)
+    warn = few_seeds(configs)
+    with open(paths["summary.md"], "w", encoding="utf-8") as f:
+        f.write("## Configurations (runs that differ only in seed)\n\nEach metric: mean ± half-width of the 95% interval of the mean "
+                "(t-distribution over seeds), sd = standard deviation across seeds. Only completed runs count; `excluded` runs did not complete.\n\n")
+        f.write(aggregate_markdown(configs))
+        if warn:
+            f.write(f"\nFewer than {MIN_SEEDS} seeds: " + "; ".join(f"{c['config']} ({c['seeds']})" for c in warn) + ". Their intervals are wide or missing.\n")
+        f.write("\n## Runs\n\n" + markdown_table(runs))
+    plot_aggregate(multirun_dir, runs, configs, paths["summary.png"])
+    plot_runs(multirun_dir, runs, paths["runs.png"])
+    return paths
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
     cols = _columns(rows)
-    paths = {k: os.path.join(multirun_dir, f"summary.{k}") for k in ("csv", "md", "png")}
-    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows([{c: "" if r.get(c) is None else r[c] for c in cols} for r in rows])
-    with open(paths["md"], "w", encoding="utf-8") as f:
-        f.write(markdown_table(rows))
-    plot_summary(multirun_dir, rows, paths["png"])
-    return paths

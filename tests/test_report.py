@@ -1,4 +1,4 @@
-"""curriculum-report: per-run report.png and multirun summary.csv / summary.md / summary.png from fixture folders."""
+"""curriculum-report: per-run report.png, multirun runs.csv / runs.png and the seed-aggregated summary from fixture folders."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from curriculum.report import read_status, stage_starts, read_metrics, summarize, write_run_report, write_summary
+from curriculum.report import aggregate, few_seeds, read_metrics, read_overrides, read_status, stage_starts, summarize, write_run_report, write_summary
 
 GROUPS = ("image_text", "text_only")
 ALIGN, BLEND = 15, 25  # steps per stage
@@ -104,8 +104,8 @@ def assert_png(path: str, min_size=(500, 350)) -> None:
 
 def test_summary_rows_and_files(multirun):
     paths = write_summary(multirun)
-    assert paths == {k: os.path.join(multirun, f"summary.{k}") for k in ("csv", "md", "png")}
-    with open(paths["csv"], newline="") as f:
+    assert paths == {name: os.path.join(multirun, name) for name in ("summary.csv", "summary.md", "summary.png", "runs.csv", "runs.png")}
+    with open(paths["runs.csv"], newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
     assert header == ["run", "overrides", "status", "reason", "steps_done",
@@ -125,12 +125,54 @@ def test_summary_rows_and_files(multirun):
     got = [{k: float(v) if k.startswith(("final", "best")) and v else v for k, v in r.items()} for r in rows]
     assert got == expected
 
-    md = open(paths["md"]).read()
-    assert md.splitlines()[0] == "| " + " | ".join(header) + " |"
+    md = open(paths["summary.md"]).read()
+    assert "| " + " | ".join(header) + " |" in md.split("## Runs")[1]
     assert "| 0 | schedule.stages.blend.mix.text_only=0.1 seed=1 | completed |  | 40 | 2.3000 | 2.2000 | 3.3000 | 3.1000 |" in md
     assert "| 1 | schedule.stages.blend.mix.text_only=0.3 seed=1 | completed |  | 40 | 2.4500 | 2.4000 | 2.9500 | 2.9000 |" in md
     assert "| 2 | schedule.stages.blend.mix.text_only=0.5 seed=1 | failed | RuntimeError: boom | 3 |  |  |  |  |" in md
-    assert_png(paths["png"])
+    assert_png(paths["summary.png"])
+    assert_png(paths["runs.png"])
+
+
+def seeded_multirun(root: str) -> None:
+    """Two configurations: text_only=0.1 with seeds 1-3 completed and seed 4 failed; text_only=0.3 with seeds 1-2."""
+    finals = {("0.1", 1): (2.0, 3.0), ("0.1", 2): (2.2, 3.3), ("0.1", 3): (2.4, 3.6), ("0.3", 1): (1.9, 2.9), ("0.3", 2): (2.1, 3.1)}
+    job = 0
+    for (mix, seed), final in finals.items():
+        val = {19: (final[0] + 1, final[1] + 1), 39: final}
+        write_run(os.path.join(root, str(job)), float(mix), STEPS, val, "completed", None, [f"schedule.stages.blend.mix.text_only={mix}", f"seed={seed}"])
+        job += 1
+        if (mix, seed) == ("0.1", 3):
+            write_run(os.path.join(root, str(job)), 0.1, 3, {}, "failed", "RuntimeError: boom", ["schedule.stages.blend.mix.text_only=0.1", "seed=4"])
+            job += 1
+
+
+def test_runs_that_differ_only_in_seed_are_aggregated_with_t_intervals(tmp_path):
+    root = str(tmp_path / "multirun")
+    seeded_multirun(root)
+    runs = summarize(root)
+    configs = aggregate(runs, [read_overrides(os.path.join(root, r["run"])) for r in runs])
+    a, b = configs
+    assert (a["config"], a["runs"], a["seeds"], a["excluded"]) == ("schedule.stages.blend.mix.text_only=0.1", "0 1 2 3", 3, 1)
+    assert (b["config"], b["runs"], b["seeds"], b["excluded"]) == ("schedule.stages.blend.mix.text_only=0.3", "4 5", 2, 0)
+    half_a = 4.3026527 * 0.2 / math.sqrt(3)  # t(0.975, 2 df) * sd / sqrt(n)
+    assert a["final val/loss_image_text mean"] == pytest.approx(2.2) and a["final val/loss_image_text std"] == pytest.approx(0.2)
+    assert (a["final val/loss_image_text ci95_low"], a["final val/loss_image_text ci95_high"]) == (
+        pytest.approx(2.2 - half_a, abs=1e-6), pytest.approx(2.2 + half_a, abs=1e-6))
+    assert a["final val/loss_text_only mean"] == pytest.approx(3.3) and a["final val/loss_text_only std"] == pytest.approx(0.3)
+    half_b = 12.7062047 * math.sqrt(0.02) / math.sqrt(2)
+    assert b["final val/loss_image_text ci95_high"] == pytest.approx(2.0 + half_b, abs=1e-6)
+    assert few_seeds(configs) == [b]
+    paths = write_summary(root)
+    with open(paths["summary.csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["config"], r["seeds"], r["excluded"]) for r in rows] == [
+        ("schedule.stages.blend.mix.text_only=0.1", "3", "1"), ("schedule.stages.blend.mix.text_only=0.3", "2", "0")]
+    assert float(rows[0]["final val/loss_image_text ci95_high"]) == pytest.approx(2.2 + half_a, abs=1e-6)
+    md = open(paths["summary.md"]).read()
+    assert f"| 2.2000 ± {half_a:.4f} (sd 0.2000) |" in md
+    assert "Fewer than 3 seeds: schedule.stages.blend.mix.text_only=0.3 (2)" in md
+    assert_png(paths["summary.png"])
 
 
 def test_summarize_returns_python_values(multirun):
@@ -180,7 +222,7 @@ def test_cli_on_run_folder(multirun):
 def test_cli_on_multirun_folder(multirun):
     res = run_cli(multirun)
     assert res.returncode == 0, res.stderr
-    for name in ("summary.csv", "summary.md", "summary.png"):
+    for name in ("summary.csv", "summary.md", "summary.png", "runs.csv", "runs.png"):
         assert os.path.join(multirun, name) in res.stdout
         assert os.path.isfile(os.path.join(multirun, name))
     for job in ("0", "1", "2"):
@@ -190,6 +232,8 @@ def test_cli_on_multirun_folder(multirun):
     for text in ("schedule.stages.blend.mix.text_only=0.3", "completed", "failed", "RuntimeError: boom", "2.4500",
                  "common overrides: seed=1"):
         assert text in res.stdout
+    # One seed per configuration here: the aggregated table says so.
+    assert "warning: 3 configuration(s) with fewer than 3 completed seeds" in res.stdout
 
 
 def test_cli_on_wrong_folder(tmp_path):

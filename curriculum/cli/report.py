@@ -1,4 +1,5 @@
-"""`curriculum-report <folder>`: report.png for a run folder; summary.csv/.md/.png (+ each report.png) for a multirun."""
+"""`curriculum-report <folder>`: report.png for a run folder; for a multirun, runs.csv/.png and the
+seed-aggregated summary.csv/.md/.png (+ each job's report.png)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from curriculum.report import (
+    MIN_SEEDS,
+    aggregate,
     differing_overrides,
+    few_seeds,
     format_cell,
     job_dirs,
     read_overrides,
@@ -53,6 +57,24 @@ def summary_table(rows: list[dict], overrides: list[list[str]], compact: bool = 
     return table
 
 
+def aggregate_table(configs: list[dict]) -> Table:
+    """The seed-aggregated rows as a rich table: per final metric, mean ± 95% half-interval."""
+    table = Table(title="configurations (runs that differ only in seed; mean ± 95% interval over seeds)", box=box.SIMPLE_HEAVY)
+    metrics = [c[: -len(" mean")] for c in dict.fromkeys(k for r in configs for k in r) if c.endswith(" mean")]
+    for name in ("config", "runs", "seeds", "excluded"):
+        table.add_column(name, justify="right" if name in ("seeds", "excluded") else "left", overflow="fold")
+    for m in metrics:
+        kind, _, group = m.partition(" val/loss_")
+        table.add_column(f"{group} {kind} val", justify="right")
+    for c in configs:
+        cells = [c["config"], c["runs"], str(c["seeds"]), str(c["excluded"])]
+        for m in metrics:
+            mean, high = c.get(f"{m} mean"), c.get(f"{m} ci95_high")
+            cells.append("" if mean is None else format_cell(mean) + ("" if high is None else f" ± {format_cell(high - mean)}"))
+        table.add_row(*cells)
+    return table
+
+
 def report_multirun(folder: str, console: Console) -> None:
     """Write the summary files and every job's report.png; print the table and the paths."""
     paths = write_summary(folder)
@@ -70,15 +92,24 @@ def report_multirun(folder: str, console: Console) -> None:
     elif wide > console.width:
         table = summary_table(rows, overrides, compact=True)
     console.print(table)
-    for kind, path in paths.items():
-        console.print(f"summary {kind}: {path}", highlight=False, soft_wrap=True)
+    configs = aggregate(rows, overrides)
+    console.print(aggregate_table(configs))
+    warn = few_seeds(configs)
+    if warn:
+        console.print(
+            f"warning: {len(warn)} configuration(s) with fewer than {MIN_SEEDS} completed seeds, so their intervals are wide or missing: "
+            + "; ".join(f"{c['config']} ({c['seeds']})" for c in warn),
+            highlight=False, soft_wrap=True,
+        )
+    for name, path in paths.items():
+        console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console script entry point."""
     parser = argparse.ArgumentParser(
         prog="curriculum-report",
-        description="Plot a run folder (report.png) or summarise a Hydra multirun folder (summary.csv/.md/.png).",
+        description="Plot a run folder (report.png) or summarise a Hydra multirun folder (runs.csv/.png, seed-aggregated summary.csv/.md/.png).",
     )
     parser.add_argument("folder", help="a run folder (has metrics.csv) or a multirun folder (has job folders 0/, 1/, ...)")
     args = parser.parse_args(argv)
