@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import pytest
 import torch
 
-from conftest import read_json, run_cli
+from conftest import REPO, read_json, run_cli
 from curriculum.model.components import component_of
 
 SHORT = ["schedule.stages.align.steps=4", "schedule.stages.blend.steps=6", "data.num_workers=0", "trainer.val_every_n_steps=4"]
@@ -66,3 +67,32 @@ def test_sweep_of_the_blend_fraction_gives_exact_plans(cache_dir, shapes, tmp_pa
         assert blend["mix"] == {"image_text": pytest.approx(1 - value, abs=1e-12), "text_only": value}
         rows = [r for r in csv.DictReader(open(tmp_path / str(job) / "metrics.csv")) if r["train/loss"]]
         assert float(rows[-1]["mix/text_only"]) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    "name, stages",
+    [
+        ("align_blend", {"align": (40, {"image_text": 320, "text_only": 0}), "blend": (80, {"image_text": 471, "text_only": 169})}),
+        ("mixed", {"train": (120, {"image_text": 791, "text_only": 169})}),
+        ("image_only", {"align": (40, {"image_text": 320, "text_only": 0}), "tune": (80, {"image_text": 640, "text_only": 0})}),
+        ("text_first", {"text": (21, {"image_text": 0, "text_only": 168}), "align": (40, {"image_text": 320, "text_only": 0}),
+                        "tune": (59, {"image_text": 472, "text_only": 0})}),
+    ],
+)
+def test_the_canonical_schedules_compose_and_plan_their_documented_counts(name, stages, cache_dir, shapes):
+    from hydra import compose, initialize_config_dir
+
+    from curriculum.config import validate
+    from curriculum.data.sources import load_data
+    from curriculum.plan import build_plan
+    from curriculum.recipe import build_stream
+
+    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base=None):
+        cfg = validate(compose("config", overrides=[f"experiment=curriculum/{name}", "seed=3"]))
+    cfg.paths.cache_dir = cache_dir
+    bundle = load_data(cfg)
+    plan = build_plan(bundle, *build_stream(cfg, bundle))
+    assert {s["name"]: (s["steps"], s["samples"]) for s in plan["stages"]} == stages
+    assert sum(s["steps"] for s in plan["stages"]) == 120 and cfg.seed == 3
+    if name == "text_first":
+        assert plan["stages"][0]["trainable"] == {"vision": "frozen", "projector": "frozen", "language": "full"}

@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -138,8 +137,13 @@ def _rss_mb() -> float:
 
 
 def _growth_mb(start_mb: float) -> float:
-    """Peak RSS of this process above what it held when the measured step started."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - start_mb
+    """Peak RSS of this process above what it held when the measured step started.
+
+    VmHWM, not ru_maxrss: the latter survives exec, so a spawned child would report its parent's peak.
+    """
+    with open("/proc/self/status", encoding="ascii") as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    return peak - start_mb
 
 
 def task_json_load(path: str) -> dict:
