@@ -1,9 +1,11 @@
-"""Checkpointing at step boundaries: last.ckpt every N steps and at stage ends, stage-<name>.ckpt."""
+"""Trainer callbacks: checkpoints at step boundaries (last.ckpt every N steps and at stage ends,
+stage-<name>.ckpt), per-step rows, the stage progress bar and periodic generation scores."""
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Callable
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
@@ -99,3 +101,23 @@ class StageProgressBar(RichProgressBar):
             description = self._get_train_description(trainer.current_epoch)
             styled = f"[{self.theme.description}]{description}" if self.theme.description else description
             self.progress.update(self.train_progress_bar_id, description=styled)
+
+
+class GenerationEval(pl.Callback):
+    """Generation scores every `every_n` validation rounds before the end (the end is scored by the recipe).
+
+    A round is known by its step, so the cadence survives a resume.
+    """
+
+    def __init__(self, score: Callable[[], dict[str, float]], val_every_n_steps: int, every_n: int, run_steps: int):
+        self.score = score
+        self.val_every_n_steps = val_every_n_steps
+        self.every_n = every_n
+        self.run_steps = run_steps
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        step = trainer.global_step
+        if trainer.sanity_checking or not trainer.is_global_zero or step >= self.run_steps:
+            return
+        if (step // self.val_every_n_steps) % self.every_n == 0:
+            pl_module.write_metrics(self.score(), step - 1)

@@ -337,6 +337,26 @@ class ExportConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Generate answers to the validation samples at the end of the run (and every N validation
+    # rounds) and log eval/{exact_match,token_f1,loss}_<group>; `curriculum-eval` uses the rest too.
+    generate: bool = False
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    every_n_validations: Optional[int] = None
+    # Validation samples per group that get an answer (the first ones in table order); null = all.
+    max_samples_per_group: Optional[int] = None
+
+    def check(self) -> None:
+        _positive("eval.max_new_tokens", self.max_new_tokens)
+        _positive("eval.batch_size", self.batch_size)
+        if self.every_n_validations is not None:
+            _positive("eval.every_n_validations", self.every_n_validations)
+        if self.max_samples_per_group is not None:
+            _positive("eval.max_samples_per_group", self.max_samples_per_group)
+
+
+@dataclass
 class CheckpointConfig:
     # checkpoints/last.ckpt every N optimizer steps (0 = only at stage ends and the end of the run).
     every_n_steps: int = 20
@@ -361,6 +381,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     # A run folder (or `latest`) to continue in; set by `curriculum-train resume=...`.
@@ -368,7 +389,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def check(self) -> None:
-        for part in (self.data, self.model, self.optim, self.trainer, self.logger, self.export, self.checkpoint, self.schedule):
+        for part in (self.data, self.model, self.optim, self.trainer, self.logger, self.export, self.eval, self.checkpoint, self.schedule):
             part.check()
         trained = self.trained_modes()
         lora = [c for c in COMPONENTS if getattr(trained, c) is Mode.lora]
@@ -376,6 +397,8 @@ class RunConfig:
             raise ConfigError(f"model.trainable.{lora[0]}=lora needs a LoRA config: add model/peft=lora.")
         if self.model.peft is not None and not lora:
             raise ConfigError("model.peft is set but no component is `lora` in model.trainable or any stage: set one, e.g. model.trainable.language=lora.")
+        if self.eval.generate and self.data.train_files and not self.data.val_files:
+            raise ConfigError("eval.generate=true needs validation samples to answer: set data.val_files.")
         total = self.schedule_steps()
         if self.trainer.max_steps is not None and self.trainer.max_steps > total:
             raise ConfigError(

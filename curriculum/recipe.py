@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
-from curriculum.callbacks import AtomicCheckpointIO, RunCheckpoints, StageProgressBar, StepRows
+from curriculum.callbacks import AtomicCheckpointIO, GenerationEval, RunCheckpoints, StageProgressBar, StepRows
 from curriculum.config import ConfigError, Mode, RunConfig
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule, data_fingerprint
+from curriculum.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, write_eval
 from curriculum.export import export_model
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
@@ -191,6 +192,11 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
                 parts.stream.schedule, checkpoints, cfg.checkpoint.every_n_steps, val_every if parts.bundle.val else None, parts.run_steps
             ),
             *([StageProgressBar(parts.stream.schedule)] if t.enable_progress_bar else []),
+            *(
+                [GenerationEval(lambda: eval_metrics(generation_eval(cfg, parts)), val_every, cfg.eval.every_n_validations, parts.run_steps)]
+                if cfg.eval.generate and cfg.eval.every_n_validations and parts.bundle.val
+                else []
+            ),
         ],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.enable_progress_bar,
@@ -203,6 +209,13 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
     )
 
 
+def generation_eval(cfg: RunConfig, parts: Parts) -> dict:
+    """Greedy answers of the model in training to the validation samples, scored per group (eval.json's contract)."""
+    settings = EvalSettings(cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    evaluator = Evaluator(parts.module.model, parts.processor, parts.bundle.group_names, cfg.data.max_length, settings)
+    return evaluator.evaluate(eval_records(parts.bundle.val, cfg.eval.max_samples_per_group))
+
+
 def final_validation_due(cfg: RunConfig, parts: Parts, trainer: pl.Trainer) -> bool:
     """The run ends between validation intervals and its last step has no validation row yet."""
     every = cfg.trainer.val_every_n_steps
@@ -210,6 +223,12 @@ def final_validation_due(cfg: RunConfig, parts: Parts, trainer: pl.Trainer) -> b
         return False
     logged = [lg for lg in trainer.loggers if isinstance(lg, RunCSVLogger)]
     return not (logged and logged[0].has(parts.run_steps - 1, "val/loss"))
+
+
+def _scores_line(result: dict) -> str:
+    return "; ".join(
+        f"{g} exact match {s['exact_match']:.3f}, token F1 {s['token_f1']:.3f}" for g, s in result["groups"].items() if s["exact_match"] is not None
+    )
 
 
 def truncate_jsonl(paths: list[str], step: int) -> None:
@@ -276,6 +295,10 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
     if final_validation_due(cfg, parts, trainer):
         trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
     module = parts.module
+    if cfg.eval.generate and trainer.is_global_zero and parts.bundle.val:
+        result = generation_eval(cfg, parts)
+        module.write_metrics(eval_metrics(result), trainer.global_step - 1)
+        log.info("generation scores: %s (answers in %s)", _scores_line(result), write_eval(run_dir, result))
     if module.skipped_total:
         log.warning("%d drawn training sample(s) were skipped (%s): see %s", module.skipped_total,
                     _distinct_skipped(os.path.join(run_dir, "skipped.jsonl")), os.path.join(run_dir, "skipped.jsonl"))

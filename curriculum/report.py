@@ -251,11 +251,13 @@ def _val_stats(rows: Rows, group: str) -> tuple[float | None, float | None]:
 
 
 def summarize(multirun_dir: str) -> list[dict]:
-    """One row per job: run, overrides, status, reason, steps_done, final and best val/loss per group."""
+    """One row per job: run, overrides, status, reason, steps_done, final and best val/loss per group, final eval/* scores."""
     jobs = [(d, read_metrics(d), read_json(os.path.join(d, "plan.json"))) for d in job_dirs(multirun_dir)]
     groups: list[str] = []
     for _, rows, plan in jobs:
         groups += [g for g in groups_of(rows, plan) if g not in groups]
+    # Generation scores (eval.generate) aggregate like losses: every eval/<metric>_<group> column.
+    eval_columns = sorted({k for _, rows, _ in jobs for r in rows for k in r if k.startswith("eval/")})
     out = []
     for d, rows, _ in jobs:
         status = read_status(d)
@@ -263,6 +265,9 @@ def summarize(multirun_dir: str) -> list[dict]:
                "reason": status["reason"], "steps_done": steps_done(rows)}
         for g in groups:
             row[f"final val/loss_{g}"], row[f"best val/loss_{g}"] = _val_stats(rows, g)
+        for column in eval_columns:
+            _, y = series(rows, column)
+            row[f"final {column}"] = float(y[-1]) if len(y) else None
         out.append(row)
     return out
 

@@ -18,7 +18,7 @@ RUN_CONFIG = "run_config.yaml"
 CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "schedule", "hydra", "experiment"}
 # Keys that never change what the run has already done.
 # (data.check_images may change: the data digest check refuses a resume whose records it changes.)
-FREE = ("logger.", "checkpoint.", "export.", "paths.", "data.num_workers", "data.val_micro_batch_size", "data.check_images",
+FREE = ("logger.", "checkpoint.", "export.", "eval.", "paths.", "data.num_workers", "data.val_micro_batch_size", "data.check_images",
         "trainer.enable_progress_bar", "trainer.val_every_n_steps", "trainer.limit_val_batches", "trainer.max_steps",
         "trainer.deterministic", "model.gradient_checkpointing")
 # Keys that may change as long as the global batch (micro batch x ranks x accumulation) stays the same.
@@ -61,8 +61,8 @@ def saved_config(run_dir: str):
     return OmegaConf.load(path if os.path.isfile(path) else os.path.join(run_dir, ".hydra", "config.yaml"))
 
 
-def apply_overrides(base, overrides: list[str]):
-    """Command-line overrides applied to a saved config (group choices cannot change on resume)."""
+def apply_overrides(base, overrides: list[str], command: str = "resume"):
+    """Command-line overrides applied to a saved config (group choices cannot change: they are resolved)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
@@ -71,7 +71,7 @@ def apply_overrides(base, overrides: list[str]):
         if key == "resume" or key.startswith("hydra"):
             continue
         if key in CONFIG_GROUPS or o.is_sweep_override() or o.is_delete():
-            raise ConfigError(f"resume: `{o.input_line}` is not allowed when resuming: override single keys, e.g. trainer.max_steps=200.")
+            raise ConfigError(f"{command}: `{o.input_line}` is not allowed on a saved run's config: override single keys, e.g. trainer.max_steps=200.")
         OmegaConf.update(cfg, key, o.value(), merge=True, force_add=True)
     return cfg
 

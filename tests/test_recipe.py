@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import pytest
@@ -10,8 +11,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from curriculum.config import DataConfig, LoraConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
+from curriculum.config import DataConfig, EvalConfig, LoraConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
 from conftest import one_stage
+from curriculum.cli.evaluate import run as evaluate_folder
 from curriculum.model.load import resolve_model_path
 from curriculum.recipe import train
 
@@ -40,10 +42,16 @@ def generate(model, processor, with_image: bool) -> tuple[int, int]:
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3"])
 def test_train_and_export_full_model(name, cache_dir, shapes, tmp_path):
     cfg = quick_config(cache_dir, ModelConfig(name_or_path=f"builtin:{name}"))
+    cfg.eval = EvalConfig(generate=True, max_new_tokens=4, max_samples_per_group=3)
     train(cfg, str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
     assert len([r for r in rows if r["train/loss"]]) == 4
     assert {"val/loss_image_text", "val/loss_text_only"} <= set(rows[0])
+    # eval.generate: the last step's generation scores, and every answer in eval.json.
+    scored = [r for r in rows if r["eval/token_f1_image_text"]]
+    assert [int(r["step"]) for r in scored] == [3] and scored[0]["eval/exact_match_text_only"] and scored[0]["eval/loss_text_only"]
+    result = json.load(open(tmp_path / "eval.json"))
+    assert [(s["group"], isinstance(s["prediction"], str)) for s in result["samples"]] == [("image_text", True)] * 3 + [("text_only", True)] * 3
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "export")
     processor = AutoProcessor.from_pretrained(tmp_path / "export")
     for with_image in (True, False):
@@ -67,6 +75,11 @@ def test_lora_exports_an_adapter_that_loads_on_the_base(cache_dir, shapes, tmp_p
     for with_image in (True, False):
         n_in, n_out = generate(model, processor, with_image)
         assert n_out > n_in
+    # curriculum-eval on the adapter export, with the run's own validation data.
+    path = evaluate_folder(str(tmp_path / "export"), [f"paths.cache_dir={cache_dir}", "eval.max_samples_per_group=2", "eval.max_new_tokens=3"])
+    result = json.load(open(path))
+    assert path == str(tmp_path / "export" / "eval.json") and set(result["groups"]) == {"image_text", "text_only"}
+    assert all(g["samples"] == 2 and g["loss"] > 0 for g in result["groups"].values())
 
 
 def test_export_keeps_the_base_tokenizers_padding_side(cache_dir, shapes, tmp_path):

@@ -37,10 +37,13 @@ def mix_at(step: int, text_only: float) -> dict[str, float]:
 
 
 def write_run(run: str, text_only: float, steps: int, val: dict, status: str | None, reason: str | None,
-              overrides: list[str], truncated_tail: bool = False) -> None:
-    """A run folder as curriculum-train writes it: metrics.csv, plan.json, .hydra/, status.json."""
+              overrides: list[str], truncated_tail: bool = False, exact_match: float | None = None) -> None:
+    """A run folder as curriculum-train writes it: metrics.csv, plan.json, .hydra/, status.json.
+
+    With `exact_match`, the last step also has a generation-score row (eval.generate) for text_only.
+    """
     os.makedirs(os.path.join(run, ".hydra"), exist_ok=True)
-    cols = sorted(["epoch", "lr/language", "lr/projector", "stage", "step", "train/loss", "train/skipped", "val/loss"]
+    cols = sorted(["epoch", "lr/language", "lr/projector", "stage", "step", "train/loss", "train/skipped", "val/loss", "eval/exact_match_text_only"]
                   + [f"{p}{g}" for g in GROUPS for p in ("mix/", "samples/", "train/loss_", "train/tokens_", "val/loss_")])
     rows, drawn = [], {g: 0.0 for g in GROUPS}
     for s in range(steps):
@@ -58,6 +61,8 @@ def write_run(run: str, text_only: float, steps: int, val: dict, status: str | N
         if s in val:
             v = val[s]
             rows.append({"epoch": 0, "step": s, "val/loss": sum(v) / 2, "val/loss_image_text": v[0], "val/loss_text_only": v[1]})
+    if exact_match is not None:
+        rows.append({"epoch": 0, "step": steps - 1, "eval/exact_match_text_only": exact_match})
     with open(os.path.join(run, "metrics.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -140,7 +145,8 @@ def seeded_multirun(root: str) -> None:
     job = 0
     for (mix, seed), final in finals.items():
         val = {19: (final[0] + 1, final[1] + 1), 39: final}
-        write_run(os.path.join(root, str(job)), float(mix), STEPS, val, "completed", None, [f"schedule.stages.blend.mix.text_only={mix}", f"seed={seed}"])
+        write_run(os.path.join(root, str(job)), float(mix), STEPS, val, "completed", None, [f"schedule.stages.blend.mix.text_only={mix}", f"seed={seed}"],
+                  exact_match=0.25 * seed)
         job += 1
         if (mix, seed) == ("0.1", 3):
             write_run(os.path.join(root, str(job)), 0.1, 3, {}, "failed", "RuntimeError: boom", ["schedule.stages.blend.mix.text_only=0.1", "seed=4"])
@@ -163,6 +169,8 @@ def test_runs_that_differ_only_in_seed_are_aggregated_with_t_intervals(tmp_path)
     half_b = 12.7062047 * math.sqrt(0.02) / math.sqrt(2)
     assert b["final val/loss_image_text ci95_high"] == pytest.approx(2.0 + half_b, abs=1e-6)
     assert few_seeds(configs) == [b]
+    # Generation scores aggregate like losses: seeds 1-3 scored 0.25, 0.5, 0.75.
+    assert a["final eval/exact_match_text_only mean"] == pytest.approx(0.5) and a["final eval/exact_match_text_only std"] == pytest.approx(0.25)
     paths = write_summary(root)
     with open(paths["summary.csv"], newline="") as f:
         rows = list(csv.DictReader(f))

@@ -41,7 +41,7 @@ def summary_table(rows: list[dict], overrides: list[list[str]], compact: bool = 
     for c in cols:
         kind, _, group = c.partition(" val/loss_")
         cells = differ if c == "overrides" else [format_cell(r.get(c)) for r in rows]
-        numeric, width = bool(group) or c == "steps_done", max([len(x) for x in cells] + [1])
+        numeric, width = bool(group) or c == "steps_done" or c.startswith("final eval/"), max([len(x) for x in cells] + [1])
         table.add_column(
             f"{group} {kind} val" if group else c.replace("steps_done", "steps"),
             justify="right" if numeric else "left",
@@ -65,7 +65,7 @@ def aggregate_table(configs: list[dict]) -> Table:
         table.add_column(name, justify="right" if name in ("seeds", "excluded") else "left", overflow="fold")
     for m in metrics:
         kind, _, group = m.partition(" val/loss_")
-        table.add_column(f"{group} {kind} val", justify="right")
+        table.add_column(f"{group} {kind} val" if group else m, justify="right")
     for c in configs:
         cells = [c["config"], c["runs"], str(c["seeds"]), str(c["excluded"])]
         for m in metrics:

@@ -26,7 +26,7 @@ from curriculum.model.components import component_of, component_prefixes
 from curriculum.schedule.stages import Schedule, Stage
 
 log = logging.getLogger("curriculum")
-_NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")
+NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")
 
 
 def vision_dummy_inputs(processor, model) -> dict:
@@ -260,7 +260,7 @@ class VLMModule(pl.LightningModule):
             # Every sample was skipped: still touch every trained parameter so collectives match.
             zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return zero + self._dummy_vision_term(), sums
-        inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+        inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         inputs = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items()}
         token_loss, rows = supervised_token_losses(self.model, inputs, batch["labels"])
@@ -391,6 +391,10 @@ class VLMModule(pl.LightningModule):
             metrics["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             torch.cuda.reset_peak_memory_stats(self.device)
         self.log("tok/s", metrics["perf/tokens_per_s"], prog_bar=True, logger=False, rank_zero_only=True)
+        self._write(metrics, step, shown=[])
+
+    def write_metrics(self, metrics: dict, step: int) -> None:
+        """A row of metrics computed outside the loops (generation scores) to the loggers, at `step`."""
         self._write(metrics, step, shown=[])
 
     def _write(self, metrics: dict, step: int, shown: list[str]) -> None:

@@ -1,0 +1,202 @@
+"""Generation-based evaluation: greedy answers to validation samples, scored per group.
+
+Each record's last assistant turn is the reference; everything before it is the prompt, rendered
+by the model's own chat template with `add_generation_prompt`. Answers are scored by exact match
+and token F1 after the usual normalisation (case, punctuation, articles, spaces), and each group
+also gets its per-token loss on the reference, as validation computes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import string
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from curriculum.data.collate import Collator, adds_special_tokens, to_hf_messages
+from curriculum.data.images import ImageError, load_image
+from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the normalised answers are equal, else 0.0."""
+    return float(normalise_answer(prediction) == normalise_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """F1 of the normalised answers' word multisets (1.0 when both are empty)."""
+    pred, ref = normalise_answer(prediction).split(), normalise_answer(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def split_reference(record: dict) -> tuple[list[dict], str]:
+    """(prompt messages, reference answer): the conversation up to its last assistant turn, and that turn."""
+    messages = record["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+@dataclass
+class EvalSettings:
+    """How answers are generated: new tokens per answer and samples per generate call."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 16
+
+
+class Evaluator:
+    """Generates answers with a model and its processor, and scores them per group."""
+
+    def __init__(self, model, processor, group_names: list[str], max_length: int, settings: EvalSettings | None = None):
+        self.model = model
+        self.settings = settings or EvalSettings()
+        # A private copy: generation pads on the left, training batches on the right.
+        self.processor = copy.deepcopy(processor)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.group_names = group_names
+        self.collator = Collator(processor, group_names, max_length, on_invalid="skip")
+
+    @torch.no_grad()
+    def answers(self, records: list[dict]) -> list[str | None]:
+        """The greedy answer to each record's prompt (None when its images cannot be read)."""
+        out: list[str | None] = [None] * len(records)
+        # One group per generate call: image and text-only prompts do not share a padded batch.
+        for group in dict.fromkeys(r["group"] for r in records):
+            idx = [i for i, r in enumerate(records) if r["group"] == group]
+            for start in range(0, len(idx), self.settings.batch_size):
+                chunk = idx[start : start + self.settings.batch_size]
+                for i, text in zip(chunk, self._generate([records[i] for i in chunk])):
+                    out[i] = text
+        return out
+
+    def _generate(self, records: list[dict]) -> list[str | None]:
+        prompts, images, usable = [], [], []
+        for r in records:
+            try:
+                images.append([load_image(ref) for ref in r["images"]])
+            except ImageError:
+                usable.append(False)
+                continue
+            usable.append(True)
+            prompt, _ = split_reference(r)
+            prompts.append(self.processor.apply_chat_template(to_hf_messages(prompt), tokenize=False, add_generation_prompt=True))
+        if not prompts:
+            return [None] * len(records)
+        special = adds_special_tokens(self.tokenizer, prompts[0])
+        inputs = self.processor(
+            text=prompts, images=images if any(images) else None, padding=True, add_special_tokens=special, return_tensors="pt"
+        )
+        inputs = self._on_model(inputs)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            ids = self.model.generate(
+                **inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            )
+        finally:
+            self.model.train(was_training)
+        texts = iter(self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+        return [next(texts).strip() if ok else None for ok in usable]
+
+    def _on_model(self, inputs: dict) -> dict:
+        """Tensors moved to the model's device, floating ones in its dtype."""
+        device = next(self.model.parameters()).device
+        dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+        return {k: (v.to(device, dtype) if torch.is_floating_point(v) else v.to(device)) for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def losses(self, records: list[dict]) -> dict[str, tuple[float, int]]:
+        """Per group: (summed token loss, supervised tokens) on the references, as validation computes them."""
+        sums = {g: [0.0, 0] for g in self.group_names}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(records), self.settings.batch_size):
+                batch = self.collator(records[start : start + self.settings.batch_size])
+                if batch["input_ids"].numel() == 0:
+                    continue
+                inputs = self._on_model({k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS})
+                labels = batch["labels"].to(inputs["input_ids"].device)
+                token_loss, rows = supervised_token_losses(self.model, inputs, labels)
+                group_of_row = batch["group_ids"].to(labels.device)[rows]
+                for g, name in enumerate(self.group_names):
+                    mask = group_of_row == g
+                    sums[name][0] += float(token_loss[mask].double().sum())
+                    sums[name][1] += int(mask.sum())
+        finally:
+            self.model.train(was_training)
+        return {g: (s, n) for g, (s, n) in sums.items()}
+
+    def evaluate(self, records: list[dict]) -> dict:
+        """Per-group exact match, token F1 and loss, plus every sample's answer: the eval.json contract."""
+        answers = self.answers(records)
+        losses = self.losses(records)
+        samples, groups = [], {}
+        for r, answer in zip(records, answers):
+            _, reference = split_reference(r)
+            entry = {"id": r["id"], "group": r["group"], "reference": reference, "prediction": answer}
+            if answer is not None:
+                entry["exact_match"], entry["token_f1"] = exact_match(answer, reference), token_f1(answer, reference)
+            samples.append(entry)
+        for g in self.group_names:
+            scored = [s for s in samples if s["group"] == g and s["prediction"] is not None]
+            if not scored and not losses[g][1]:
+                continue
+            loss_sum, tokens = losses[g]
+            groups[g] = {
+                "samples": len(scored),
+                "unreadable": sum(1 for s in samples if s["group"] == g and s["prediction"] is None),
+                "exact_match": sum(s["exact_match"] for s in scored) / len(scored) if scored else None,
+                "token_f1": sum(s["token_f1"] for s in scored) / len(scored) if scored else None,
+                "loss": loss_sum / tokens if tokens else None,
+            }
+        return {"groups": groups, "samples": samples}
+
+
+def eval_metrics(result: dict) -> dict[str, float]:
+    """metrics.csv columns of an evaluation: eval/<metric>_<group>."""
+    out = {}
+    for g, scores in result["groups"].items():
+        for metric in ("exact_match", "token_f1", "loss"):
+            if scores[metric] is not None:
+                out[f"eval/{metric}_{g}"] = float(scores[metric])
+    return out
+
+
+def eval_records(table, per_group: int | None = None) -> list[dict]:
+    """Records of a table in order; with `per_group`, the first that many of each group."""
+    if per_group is None:
+        return [table[i] for i in range(len(table))]
+    rows = sorted(int(i) for rows in table.group_indices().values() for i in rows[:per_group])
+    return [table[i] for i in rows]
+
+
+def write_eval(folder: str, result: dict) -> str:
+    """eval.json in `folder` (written atomically); returns its path."""
+    path = os.path.join(folder, "eval.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    return path

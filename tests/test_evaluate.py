@@ -1,0 +1,66 @@
+"""Generation-based evaluation: answer scoring, and greedy answers that reproduce what a model learnt."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from conftest import record
+from curriculum.data.collate import Collator
+from curriculum.data.records import load_or_build
+from curriculum.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, exact_match, normalise_answer, split_reference, token_f1
+from curriculum.model.load import load_processor
+from curriculum.model.module import NOT_MODEL_INPUTS
+
+
+def test_answers_are_normalised_then_scored():
+    assert normalise_answer("  The Circle,  is RED! ") == "circle is red"
+    assert exact_match("the circle is red.", "Circle is red") == 1.0 and exact_match("red", "blue") == 0.0
+    assert token_f1("circle is red", "the circle is blue") == pytest.approx(2 / 3)  # 2 of 3 words both ways
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0 and token_f1("green", "red") == 0.0
+
+
+def test_the_last_assistant_turn_is_the_reference():
+    r = record("m", "Q1?", "A1.")
+    r["messages"] += [{"role": "user", "content": "Q2?"}, {"role": "assistant", "content": "A2."}]
+    prompt, reference = split_reference(r)
+    assert reference == "A2." and [m["content"] for m in prompt] == ["Q1?", "A1.", "Q2?"]
+
+
+def test_eval_records_takes_the_first_of_each_group(cache_dir, shapes):
+    table, _ = load_or_build([shapes.val_file], cache_dir=cache_dir)
+    picked = eval_records(table, per_group=2)
+    assert [r["group"] for r in picked] == ["image_text", "image_text", "text_only", "text_only"]
+    assert len(eval_records(table)) == len(table)
+
+
+def test_a_model_that_learnt_two_answers_reproduces_them_exactly(arch, cache_dir, shapes):
+    """Overfit one image-text and one text-only record; greedy answers through the chat template's
+    generation prompt must then equal the references, so exact match is 1 in both groups."""
+    table, _ = load_or_build([shapes.val_file], cache_dir=cache_dir)
+    records = [table[0], table[len(table) - 1]]
+    assert [r["group"] for r in records] == ["image_text", "text_only"]
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(arch)
+    processor = load_processor(arch)
+    groups = ["image_text", "text_only"]
+    batch = Collator(processor, groups, 512, "error")(records)
+    inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(100):
+        loss = model(**inputs, labels=batch["labels"]).loss
+        if loss.item() < 0.02:
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.02
+    result = Evaluator(model, processor, groups, 512, EvalSettings(max_new_tokens=12)).evaluate(records)
+    assert [(s["prediction"], s["reference"]) for s in result["samples"]] == [(s["reference"], s["reference"]) for s in result["samples"]]
+    assert {g: (s["samples"], s["exact_match"], s["token_f1"]) for g, s in result["groups"].items()} == {
+        "image_text": (1, 1.0, 1.0), "text_only": (1, 1.0, 1.0)}
+    assert all(s["loss"] < 0.05 for s in result["groups"].values())
+    assert eval_metrics(result)["eval/exact_match_text_only"] == 1.0
+    assert model.training  # evaluation leaves the model's mode as it found it
