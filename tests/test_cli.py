@@ -186,7 +186,7 @@ def test_sweep_with_a_failing_job_goes_on_and_is_reported(cache_dir, shapes, tmp
     )
     assert sweep.returncode == 1 and "error: 1 job(s) of the sweep failed:" in sweep.stderr
     proc = run_cli("report", str(tmp_path))
-    rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
     assert rows[1]["reason"].startswith("ConfigError: schedule.stages.blend.mix")
     assert [r["steps_done"] for r in rows] == ["6", "0", "6"]
