@@ -97,6 +97,20 @@ def iter_texts(data: ShapesData) -> Iterator[str]:
                 yield turn["value"]
 
 
+def text_pretraining_records(count: int, seed: int = 0) -> list[dict]:
+    """Canonical text-only records from the built-in text tasks, a split of their own ("pretrain").
+
+    The text a built-in language model is pre-trained on: the same tasks as the data's text-only
+    group, drawn apart from its train and validation records.
+    """
+    records = []
+    for raw in _text_records("pretrain", count, seed):
+        turns = raw["conversations"]
+        messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in turns]
+        records.append({"id": raw["id"], "messages": messages, "images": [], "group": "text_only", "source": "builtin:pretrain"})
+    return records
+
+
 def _build_atomically(parent: Path, final: Path, sizes: dict, image_size: int, seed: int) -> None:
     # Build beside the final folder and rename it into place, so a crash never leaves a
     # half-built dataset under the name that later calls trust.

@@ -7,6 +7,8 @@ loaded back through the same `from_pretrained` path a hub checkpoint uses.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import shutil
 import tempfile
@@ -18,6 +20,16 @@ from curriculum.config import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 BUILDER_VERSION = "1"
+# builtin:<name>-pretrained: the same model whose language model was first trained on text (the
+# built-in text tasks), so fine-tuning on image-text can make it forget and blending can protect.
+PRETRAINED = "-pretrained"
+PRETRAIN_RECORDS = 20000
+PRETRAIN_STEPS = 600
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 3e-3
+PRETRAIN_WARMUP = 30
+
+log = logging.getLogger("curriculum")
 
 # A ChatML-style template that renders structured content ({"type": "image"|"text"}) with the
 # model's own image token, and marks nothing by hand: labels come from rendering prefixes.
@@ -34,23 +46,31 @@ _SPECIALS = ["<pad>", "<s>", "</s>", "<image>", "<|im_start|>", "<|im_end|>"]
 
 def builtin_names() -> list[str]:
     """Names accepted after `builtin:` in model.name_or_path."""
-    return sorted(_BUILDERS)
+    return sorted([*_BUILDERS, *(name + PRETRAINED for name in _BUILDERS)])
 
 
-def ensure_builtin(name: str, cache_dir: str, corpus: Callable[[], Iterable[str]]) -> str:
-    """Return the folder of built-in model `name`, building and saving it on first use."""
-    if name not in _BUILDERS:
+def ensure_builtin(name: str, cache_dir: str, corpus: Callable[[], Iterable[str]], pretraining: Callable[[], list[dict]]) -> str:
+    """Return the folder of built-in model `name`, building and saving it on first use.
+
+    `corpus` gives the tokenizer's training text; `pretraining` the text-only records a
+    `-pretrained` variant's language model is trained on.
+    """
+    if name not in builtin_names():
         raise ConfigError(f"model.name_or_path=builtin:{name} is unknown: use one of {', '.join('builtin:' + n for n in builtin_names())}.")
     target = os.path.join(os.path.expanduser(cache_dir), "models", f"{name}-v{BUILDER_VERSION}")
     if os.path.isfile(os.path.join(target, "config.json")):
         return target
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.dirname(target))
+    base = name.removesuffix(PRETRAINED)
     try:
-        tokenizer = _train_tokenizer(corpus(), extra=_EXTRA_TOKENS[name])
+        tokenizer = _train_tokenizer(corpus(), extra=_EXTRA_TOKENS[base])
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            model, processor = _BUILDERS[name](tokenizer)
+            model, processor = _BUILDERS[base](tokenizer)
+            if name != base:
+                log.info("pre-training the language model of builtin:%s on text (once; cached in %s)", name, target)
+                pretrain_language(model, processor, pretraining(), steps=PRETRAIN_STEPS)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         try:
@@ -61,6 +81,38 @@ def ensure_builtin(name: str, cache_dir: str, corpus: Callable[[], Iterable[str]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def pretrain_language(model, processor, records: list[dict], steps: int, batch: int = PRETRAIN_BATCH) -> list[float]:
+    """Train the model on text-only records (assistant tokens supervised, as fine-tuning does); returns the losses.
+
+    Only the language model gets gradients (there are no images); AdamW without weight decay
+    leaves the vision tower and projector exactly as initialised.
+    """
+    from curriculum.data.collate import Collator
+    from curriculum.model.module import NOT_MODEL_INPUTS
+
+    collator = Collator(processor, ["text_only"], max_length=256, on_invalid="error")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
+    # Linear warmup, then cosine decay to a tenth of the peak.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / PRETRAIN_WARMUP) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
+    )
+    order = torch.Generator().manual_seed(0)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        picked = torch.randint(len(records), (batch,), generator=order).tolist()
+        data = collator([records[i] for i in picked])
+        loss = model(**{k: v for k, v in data.items() if k not in NOT_MODEL_INPUTS}, labels=data["labels"]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
 
 
 def _train_tokenizer(texts: Iterable[str], extra: list[str]):

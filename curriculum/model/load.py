@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 
 from curriculum.config import ConfigError, ModelConfig, TrainableConfig
-from curriculum.model.builtin import BUILTIN_PREFIX, ensure_builtin
+from curriculum.model.builtin import BUILTIN_PREFIX, PRETRAIN_RECORDS, ensure_builtin
 from curriculum.model.components import apply_trainability, component_prefixes, lora_target_regex
 
 log = logging.getLogger(__name__)
@@ -25,14 +25,16 @@ def resolve_model_path(name_or_path: str, cache_dir: str) -> str:
         if local and not os.path.isdir(os.path.expanduser(name_or_path)):
             raise ConfigError(
                 f"model.name_or_path={name_or_path}: no such folder (give an existing model folder, a hub id such as "
-                "llava-hf/llava-1.5-7b-hf, or builtin:tiny-llava / builtin:tiny-idefics3)."
+                "llava-hf/llava-1.5-7b-hf, or builtin:tiny-llava / builtin:tiny-idefics3, -pretrained for a text-trained language model)."
             )
         return os.path.expanduser(name_or_path) if local else name_or_path
-    from curriculum.data.builtin import ensure_shapes, iter_texts
+    from curriculum.data.builtin import ensure_shapes, iter_texts, text_pretraining_records
 
     # The built-in tokenizer is trained on the default built-in data, whatever the run trains on.
     shapes = ensure_shapes(cache_dir)
-    return ensure_builtin(name_or_path[len(BUILTIN_PREFIX):], cache_dir, lambda: iter_texts(shapes))
+    return ensure_builtin(
+        name_or_path[len(BUILTIN_PREFIX):], cache_dir, lambda: iter_texts(shapes), lambda: text_pretraining_records(PRETRAIN_RECORDS)
+    )
 
 
 def load_processor(path: str, kwargs: dict | None = None):
