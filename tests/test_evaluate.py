@@ -64,3 +64,18 @@ def test_a_model_that_learnt_two_answers_reproduces_them_exactly(arch, cache_dir
     assert all(s["loss"] < 0.05 for s in result["groups"].values())
     assert eval_metrics(result)["eval/exact_match_text_only"] == 1.0
     assert model.training  # evaluation leaves the model's mode as it found it
+
+
+def test_curriculum_eval_says_in_one_line_what_a_folder_lacks(tmp_path, capsys):
+    from curriculum.cli.evaluate import main
+
+    def error(folder) -> str:
+        with pytest.raises(SystemExit) as stop:
+            main([str(folder)])
+        assert stop.value.code == 1
+        return capsys.readouterr().err.strip()
+
+    assert error(tmp_path) == (f"error: {tmp_path} is neither a run folder (with run_config.yaml) nor a model folder "
+                               "(with config.json or adapter_config.json).")
+    (tmp_path / "run_config.yaml").write_text("seed: 0\n")
+    assert error(tmp_path).startswith(f"error: {tmp_path} has no export/ folder (the run did not finish, or export.enabled was false)")
