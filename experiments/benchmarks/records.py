@@ -172,18 +172,7 @@ def measure(variant: str, jsonl: str, workdir: str) -> dict:
         collate_fn=len,
         multiprocessing_context="fork",
     )
-    batches = iter(loader)
-    seen = next(batches)
-    # torch offers no public handle on its worker processes; the iterator's list is the reliable one.
-    sampler = MemorySampler([w.pid for w in batches._workers])
-    sampler.start()  # after the fork, so no worker inherits a running sampler thread
-    start = time.perf_counter()
-    # Stop one short of StopIteration, which shuts the workers down before the last sample.
-    seen += sum(itertools.islice(batches, len(loader) - 1))
-    read_s = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    sampler.take()
+    seen, read_s, sampler = read_sampled(loader)
     return {
         "variant": variant,
         "records": seen,
@@ -192,6 +181,23 @@ def measure(variant: str, jsonl: str, workdir: str) -> dict:
         "parent_rss": sampler.parent_rss,
         "workers": sampler.summary(),
     }
+
+
+def read_sampled(loader: DataLoader) -> tuple[int, float, MemorySampler]:
+    """Sum of the loader's batch values, seconds after the first batch, and the workers' memory samples."""
+    batches = iter(loader)
+    seen = next(batches)
+    # torch offers no public handle on its worker processes; the iterator's list is the reliable one.
+    sampler = MemorySampler([w.pid for w in batches._workers])
+    sampler.start()  # after the fork, so no worker inherits a running sampler thread
+    start = time.perf_counter()
+    # Stop one short of StopIteration, which shuts the workers down before the last sample.
+    seen += sum(itertools.islice(batches, len(loader) - 1))
+    seconds = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    sampler.take()
+    return seen, seconds, sampler
 
 
 def run_isolated(variant: str, jsonl: str, workdir: str) -> dict:

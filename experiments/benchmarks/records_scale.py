@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -182,23 +181,14 @@ def task_workers(files: list[str], cache: str, n: int) -> dict:
     from curriculum.data.images import load_image
     from curriculum.data.records import load_or_build
     from curriculum.datamodule import RecordDataset
-    from records import MemorySampler
+    from records import read_sampled
 
     table, _ = load_or_build(files, cache_dir=cache, on_invalid="skip")
     order = torch.randperm(len(table), generator=torch.Generator().manual_seed(0))[:n].tolist()
     loader = DataLoader(RecordDataset(table), batch_size=BATCH, sampler=order, num_workers=WORKERS,
                         collate_fn=lambda records: sum(load_image(ref).size[0] > 0 for r in records for ref in r["images"]),
                         multiprocessing_context="fork")
-    batches = iter(loader)
-    images = next(batches)
-    sampler = MemorySampler([w.pid for w in batches._workers])
-    sampler.start()
-    start = time.perf_counter()
-    images += sum(itertools.islice(batches, len(loader) - 1))
-    seconds = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    sampler.take()
+    images, seconds, sampler = read_sampled(loader)
     return {"seconds": seconds, "images": images, "workers": sampler.summary()}
 
 
