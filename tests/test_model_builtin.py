@@ -30,7 +30,7 @@ def test_names_and_an_unknown_one(tmp_path, shapes):
 
 
 def test_the_pretrained_variant_changes_only_the_language_model_and_learns_the_text_tasks(tmp_path, cache_dir, shapes, monkeypatch):
-    monkeypatch.setattr(model_builtin, "PRETRAIN_STEPS", 60)  # the real build runs 600 steps (about a minute)
+    monkeypatch.setattr(model_builtin, "PRETRAIN_STEPS", 60)  # the real build runs 600 steps (under two minutes)
     path = ensure_builtin("tiny-llava-pretrained", str(tmp_path), lambda: iter_texts(shapes), lambda: text_pretraining_records(2000))
     assert path.endswith("tiny-llava-pretrained-v1")
     base_path = resolve_model_path("builtin:tiny-llava", cache_dir)
