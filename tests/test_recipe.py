@@ -52,6 +52,9 @@ def test_train_and_export_full_model(name, cache_dir, shapes, tmp_path):
     assert [int(r["step"]) for r in scored] == [3] and scored[0]["eval/exact_match_text_only"] and scored[0]["eval/loss_text_only"]
     result = json.load(open(tmp_path / "eval.json"))
     assert [(s["group"], isinstance(s["prediction"], str)) for s in result["samples"]] == [("image_text", True)] * 3 + [("text_only", True)] * 3
+    # curriculum-eval on the run folder: its saved config and its export give the same answers.
+    again = json.load(open(evaluate_folder(str(tmp_path), [])))
+    assert [s["prediction"] for s in again["samples"]] == [s["prediction"] for s in result["samples"]]
     model = AutoModelForImageTextToText.from_pretrained(tmp_path / "export")
     processor = AutoProcessor.from_pretrained(tmp_path / "export")
     for with_image in (True, False):
