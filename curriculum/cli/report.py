@@ -57,15 +57,28 @@ def summary_table(rows: list[dict], overrides: list[list[str]], compact: bool = 
     return table
 
 
+def metric_header(column: str) -> str:
+    """A short header: `final val/loss_text_only` -> `text_only final val`, `final eval/exact_match_text_only` -> `text_only exact match`."""
+    kind, _, group = column.partition(" val/loss_")
+    if group:
+        return f"{group} {kind} val"
+    for metric in ("exact_match", "token_f1", "loss"):
+        prefix = f"final eval/{metric}_"
+        if column.startswith(prefix):
+            return f"{column[len(prefix):]} {metric.replace('_', ' ')}"
+    return column
+
+
 def aggregate_table(configs: list[dict]) -> Table:
     """The seed-aggregated rows as a rich table: per final metric, mean ± 95% half-interval."""
     table = Table(title="configurations (runs that differ only in seed; mean ± 95% interval over seeds)", box=box.SIMPLE_HEAVY)
     metrics = [c[: -len(" mean")] for c in dict.fromkeys(k for r in configs for k in r) if c.endswith(" mean")]
+    widest = max([len(c["config"]) for c in configs] + [6])
     for name in ("config", "runs", "seeds", "excluded"):
-        table.add_column(name, justify="right" if name in ("seeds", "excluded") else "left", overflow="fold")
+        table.add_column(name, justify="right" if name in ("seeds", "excluded") else "left", overflow="fold",
+                         min_width=min(widest, 48) if name == "config" else None)
     for m in metrics:
-        kind, _, group = m.partition(" val/loss_")
-        table.add_column(f"{group} {kind} val" if group else m, justify="right")
+        table.add_column(metric_header(m), justify="right")
     for c in configs:
         cells = [c["config"], c["runs"], str(c["seeds"]), str(c["excluded"])]
         for m in metrics:
