@@ -79,3 +79,18 @@ def test_curriculum_eval_says_in_one_line_what_a_folder_lacks(tmp_path, capsys):
                                "(with config.json or adapter_config.json).")
     (tmp_path / "run_config.yaml").write_text("seed: 0\n")
     assert error(tmp_path).startswith(f"error: {tmp_path} has no export/ folder (the run did not finish, or export.enabled was false)")
+
+
+def test_generation_scores_every_n_validation_rounds_by_step():
+    from types import SimpleNamespace
+
+    from curriculum.callbacks import GenerationEval
+
+    written = []
+    module = SimpleNamespace(write_metrics=lambda metrics, step: written.append(step))
+    callback = GenerationEval(lambda: {"eval/exact_match_x": 1.0}, val_every_n_steps=10, every_n=2, run_steps=60)
+    for step in (10, 20, 30, 40, 50, 60):  # validation rounds 1-6; the end is scored by the recipe
+        callback.on_validation_end(SimpleNamespace(global_step=step, sanity_checking=False, is_global_zero=True), module)
+    assert written == [19, 39]  # rounds 2 and 4, logged at the step whose training preceded them
+    callback.on_validation_end(SimpleNamespace(global_step=20, sanity_checking=False, is_global_zero=False), module)
+    assert written == [19, 39]  # other ranks never generate

@@ -70,7 +70,9 @@ def test_lora_exports_an_adapter_that_loads_on_the_base(cache_dir, shapes, tmp_p
 
     trainable = TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.lora)
     cfg = quick_config(cache_dir, ModelConfig(trainable=trainable, peft=LoraConfig(r=4, alpha=8)))
+    cfg.eval = EvalConfig(generate=True, max_new_tokens=3, max_samples_per_group=2)
     train(cfg, str(tmp_path))
+    in_training = json.load(open(tmp_path / "eval.json"))
     assert os.path.isfile(tmp_path / "export" / "adapter_model.safetensors")
     base = AutoModelForImageTextToText.from_pretrained(resolve_model_path("builtin:tiny-llava", cache_dir))
     model = PeftModel.from_pretrained(base, tmp_path / "export")
@@ -83,6 +85,8 @@ def test_lora_exports_an_adapter_that_loads_on_the_base(cache_dir, shapes, tmp_p
     result = json.load(open(path))
     assert path == str(tmp_path / "export" / "eval.json") and set(result["groups"]) == {"image_text", "text_only"}
     assert all(g["samples"] == 2 and g["loss"] > 0 for g in result["groups"].values())
+    # The adapter on its base answers as the PEFT model did at the end of training (eval.generate).
+    assert [s["prediction"] for s in result["samples"]] == [s["prediction"] for s in in_training["samples"]]
 
 
 def test_export_keeps_the_base_tokenizers_padding_side(cache_dir, shapes, tmp_path):
