@@ -105,10 +105,20 @@ class ModelConfig:
     peft: Optional[LoraConfig] = None
     # Keywords for the processor's from_pretrained, e.g. {min_pixels: 200704, max_pixels: 1003520} for Qwen2-VL; the export keeps them.
     processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    # For a family whose parameter names the built-in markers miss: {component: regex searched in
+    # parameter names}, tried first, e.g. {projector: adapter, vision: image_encoder}.
+    components: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype={self.dtype} is not allowed: use float32, bfloat16 or float16.")
+        for comp, pattern in self.components.items():
+            if comp not in COMPONENTS:
+                raise ConfigError(f"model.components.{comp} is not allowed: use {', '.join(COMPONENTS)}.")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"model.components.{comp}={pattern!r} is not a valid regex: {e}.") from None
         if self.peft is not None:
             _positive("model.peft.r", self.peft.r)
             if not 0.0 <= self.peft.dropout < 1.0:

@@ -13,30 +13,46 @@ from curriculum.config import COMPONENTS, ConfigError, LoraConfig, Mode, Trainab
 # Qwen2-VL, Idefics3/SmolVLM, PaliGemma, Gemma3, Mistral3, MiniCPM-V). The projector is matched
 # first because some families nest it inside the vision module (Qwen2-VL's `visual.merger`).
 _MARKERS = {
-    "projector": r"multi_modal_projector|mm_projector|connector|merger|resampler|vision_projection",
+    # LLaVA-NeXT/OneVision's image_newline is a learned embedding appended to image features.
+    "projector": r"multi_modal_projector|mm_projector|connector|merger|resampler|vision_projection|image_newline",
     "vision": r"vision_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
     "language": r"language_model|text_model|lm_head|llm|embed_tokens",
 }
 _PATTERNS = {c: re.compile(rf"(?:^|\.)(?:{m})(?:\.|$)") for c, m in _MARKERS.items()}
 
 
+# model.components of the loaded model: a per-process setting, made each time a model loads.
+_extra: dict[str, re.Pattern] = {}
+
+
+def use_component_patterns(patterns: dict[str, str]) -> None:
+    """Regexes (model.components) tried before the built-in markers for every parameter name."""
+    _extra.clear()
+    _extra.update({c: re.compile(p) for c, p in patterns.items()})
+
+
+def _match(param_name: str) -> tuple[str, re.Match]:
+    for comp, pattern in [*_extra.items(), *((c, _PATTERNS[c]) for c in ("projector", "vision", "language"))]:
+        m = pattern.search(param_name)
+        if m:
+            return comp, m
+    leaf = param_name.split(".")[-2] if "." in param_name else param_name
+    raise ConfigError(
+        f"parameter {param_name} belongs to no known component (vision, projector, language) of this architecture: "
+        f"map it with model.components, e.g. model.components={{projector: {leaf}}} (a regex searched in parameter names)."
+    )
+
+
 def component_of(param_name: str) -> str:
     """Component ('vision', 'projector' or 'language') a parameter belongs to."""
-    for comp in ("projector", "vision", "language"):
-        if _PATTERNS[comp].search(param_name):
-            return comp
-    raise ConfigError(
-        f"parameter {param_name} belongs to no known component (vision, projector, language) of this "
-        "architecture; curriculum.model.components needs a marker for it."
-    )
+    return _match(param_name)[0]
 
 
 def component_prefixes(model: torch.nn.Module) -> dict[str, list[str]]:
     """Shortest module-name prefixes that hold each component's parameters."""
     found: dict[str, set[str]] = defaultdict(set)
     for name, _ in model.named_parameters():
-        comp = component_of(name)
-        m = _PATTERNS[comp].search(name)
+        comp, m = _match(name)
         found[comp].add(name[: m.end()].rstrip("."))
     return {c: sorted(found.get(c, ())) for c in COMPONENTS}
 

@@ -11,7 +11,7 @@ import torch
 
 from curriculum.config import ConfigError, ModelConfig, TrainableConfig
 from curriculum.model.builtin import BUILTIN_PREFIX, PRETRAIN_RECORDS, ensure_builtin
-from curriculum.model.components import apply_trainability, component_prefixes, lora_target_regex
+from curriculum.model.components import apply_trainability, component_prefixes, lora_target_regex, use_component_patterns
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = 
     """
     trainable = trainable or cfg.trainable
     from transformers import AutoModelForImageTextToText
+
+    use_component_patterns(cfg.components)
 
     kwargs = {"dtype": DTYPES[cfg.dtype]}
     if cfg.attn_implementation:
