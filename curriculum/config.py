@@ -50,7 +50,10 @@ class DataConfig:
     on_invalid: OnInvalid = OnInvalid.error
     # How records' images are checked when the record table is built: exists, header (opens it) or full (decodes it).
     check_images: str = "header"
-    max_length: int = 512
+    # Tokens per sample after the chat template and image expansion (LLaVA-1.5's 576 image tokens and a conversation fit).
+    max_length: int = 2048
+    # false: a longer sample is invalid (data.on_invalid); true: its text is cut at max_length (never image tokens).
+    truncate: bool = False
     micro_batch_size: int = 8
     val_micro_batch_size: int = 16
     num_workers: int = 2
@@ -396,6 +399,8 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     # A run folder (or `latest`) to continue in; set by `curriculum-train resume=...`.
     resume: Optional[str] = None
+    # curriculum-plan: show this many samples of each group as the model will be trained on them.
+    inspect: int = 0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def check(self) -> None:
@@ -407,6 +412,8 @@ class RunConfig:
             raise ConfigError(f"model.trainable.{lora[0]}=lora needs a LoRA config: add model/peft=lora.")
         if self.model.peft is not None and not lora:
             raise ConfigError("model.peft is set but no component is `lora` in model.trainable or any stage: set one, e.g. model.trainable.language=lora.")
+        if self.inspect < 0:
+            raise ConfigError(f"inspect={self.inspect} is not allowed: use 0 or more samples per group.")
         if self.eval.generate and self.data.train_files and not self.data.val_files:
             raise ConfigError("eval.generate=true needs validation samples to answer: set data.val_files.")
         total = self.schedule_steps()

@@ -66,7 +66,7 @@ class EvalSettings:
 class Evaluator:
     """Generates answers with a model and its processor, and scores them per group."""
 
-    def __init__(self, model, processor, group_names: list[str], max_length: int, settings: EvalSettings | None = None):
+    def __init__(self, model, processor, group_names: list[str], max_length: int, settings: EvalSettings | None = None, truncate: bool = False):
         self.model = model
         self.settings = settings or EvalSettings()
         # A private copy: generation pads on the left, training batches on the right.
@@ -76,7 +76,7 @@ class Evaluator:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.group_names = group_names
-        self.collator = Collator(processor, group_names, max_length, on_invalid="skip")
+        self.collator = Collator(processor, group_names, max_length, on_invalid="skip", truncate=truncate)
 
     @torch.no_grad()
     def answers(self, records: list[dict]) -> list[str | None]:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curriculum.config import COMPONENTS
+from curriculum.data.collate import IGNORE_INDEX
 from curriculum.data.sources import DataBundle
 from curriculum.schedule.stream import CurriculumStream
 
@@ -149,3 +150,61 @@ def print_plan(plan: dict, console: Console | None = None) -> None:
         for e in plan["invalid"]:
             v.add_row(e["source"], str(e["index"]), str(e["line"] or ""), str(e["id"] or ""), e["reason"])
         console.print(v)
+
+
+def inspect_samples(table, collator, per_group: int) -> list[dict]:
+    """The first `per_group` records of each group as training sees them: the inspect.jsonl contract.
+
+    `prompt_text` is the conversation as the chat template renders it (images unexpanded);
+    `supervised_text` decodes the tokens whose label is kept, one line per supervised span.
+    """
+    out = []
+    tokenizer = collator.tokenizer
+    for group, rows in table.group_indices().items():
+        for row in rows[:per_group]:
+            record = table[int(row)]
+            seen = collator.inspect(record)
+            ids, labels = seen["input_ids"], seen["labels"]
+            spans, current = [], []
+            for token, label in zip(ids, labels):
+                if label != IGNORE_INDEX:
+                    current.append(token)
+                elif current:
+                    spans.append(current)
+                    current = []
+            if current:
+                spans.append(current)
+            out.append({
+                "id": record["id"],
+                "group": group,
+                "source": record["source"],
+                "tokens": len(ids),
+                "image_tokens": sum(1 for t in ids if t in collator.image_token_ids),
+                "supervised_tokens": sum(len(s) for s in spans),
+                "over_max_length": len(ids) > collator.max_length,
+                "prompt_text": seen["text"],
+                "supervised_text": "\n".join(tokenizer.decode(s) for s in spans),
+                "skip_reason": seen["reason"],
+            })
+    return out
+
+
+def print_inspected(samples: list[dict], max_length: int, console: Console | None = None) -> None:
+    """Each inspected sample: counts, the rendered conversation and the supervised text (newlines shown as \\n)."""
+    console = console or Console(width=None if sys.stdout.isatty() else 400)
+    for s in samples:
+        head = f"[b]{s['group']}[/b] {s['id']}: {s['tokens']} tokens ({s['image_tokens']} image, {s['supervised_tokens']} supervised)"
+        console.print(head + (f" [red]skipped: {s['skip_reason']}[/red]" if s["skip_reason"] else ""), highlight=False)
+        console.print(f"  rendered:   {json.dumps(s['prompt_text'], ensure_ascii=False)}", highlight=False, markup=False)
+        console.print(f"  supervised: {json.dumps(s['supervised_text'], ensure_ascii=False)}", highlight=False, markup=False)
+    over = sum(s["over_max_length"] for s in samples)
+    console.print(f"{over} of {len(samples)} inspected sample(s) exceed data.max_length={max_length}", highlight=False)
+
+
+def write_inspected(samples: list[dict], run_dir: str) -> str:
+    """inspect.jsonl in the run folder, one JSON object per sample; returns its path."""
+    path = os.path.join(run_dir, "inspect.jsonl")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
+    os.replace(path + ".tmp", path)
+    return path

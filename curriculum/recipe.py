@@ -111,7 +111,7 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, s
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
     processor = load_processor(path, cfg.model.processor_kwargs)
     model = load_model(cfg.model, path, cfg.trained_modes())
-    collator = Collator(processor, bundle.group_names, cfg.data.max_length, cfg.data.on_invalid.value)
+    collator = Collator(processor, bundle.group_names, cfg.data.max_length, cfg.data.on_invalid.value, truncate=cfg.data.truncate)
     module = VLMModule(
         model,
         stream.schedule,
@@ -212,7 +212,7 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
 def generation_eval(cfg: RunConfig, parts: Parts) -> dict:
     """Greedy answers of the model in training to the validation samples, scored per group (eval.json's contract)."""
     settings = EvalSettings(cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    evaluator = Evaluator(parts.module.model, parts.processor, parts.bundle.group_names, cfg.data.max_length, settings)
+    evaluator = Evaluator(parts.module.model, parts.processor, parts.bundle.group_names, cfg.data.max_length, settings, cfg.data.truncate)
     return evaluator.evaluate(eval_records(parts.bundle.val, cfg.eval.max_samples_per_group))
 
 

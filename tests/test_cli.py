@@ -127,7 +127,7 @@ def test_plan_reads_hugging_face_layouts_with_exact_counts(hf_data, tmp_path):
     val = os.path.join(hf_data["hub"], "data", "validation-*.parquet")
     # A group for every file a folder (or glob) entry names, given by the entry as written.
     proc = run_cli("plan", f"data.train_files=[{','.join(train)}]", f"data.val_files=[{val}]",
-                   f"data.file_groups={{{hf_data['hub']}: hub}}", "+schedule.stages.blend.mix.hub=0.2", f"hydra.run.dir={tmp_path}")
+                   f"data.file_groups={{{hf_data['hub']}: hub}}", "+schedule.stages.blend.mix.hub=0.2", "inspect=1", f"hydra.run.dir={tmp_path}")
     plan = read_json(tmp_path / "plan.json")
     assert plan["groups"] == {"image_text": 7, "text_only": 4, "hub": 6} and plan["val_groups"] == {"image_text": 1, "text_only": 1}
     shard = os.path.join(hf_data["hub"], "data", "train-{}-of-00002.parquet")
@@ -139,6 +139,12 @@ def test_plan_reads_hugging_face_layouts_with_exact_counts(hf_data, tmp_path):
         os.path.join(hf_data["hub"], "data", "validation-00000-of-00001.parquet"): {"image_text": 1, "text_only": 1},
     }
     assert plan["invalid"] == [] and "train record table built in" in proc.stdout
+    # inspect=1: one sample per group as training sees it, embedded images expanded into image tokens.
+    inspected = [json.loads(line) for line in (tmp_path / "inspect.jsonl").read_text().splitlines()]
+    assert [(s["group"], s["image_tokens"] > 0) for s in inspected] == [("image_text", True), ("text_only", False), ("hub", True)]
+    assert inspected[0]["supervised_text"] == "Red.<|im_end|>" and inspected[2]["supervised_text"] == "Red.<|im_end|>"
+    assert {"id", "group", "tokens", "image_tokens", "prompt_text", "supervised_text"} <= set(inspected[0])
+    assert "0 of 3 inspected sample(s) exceed data.max_length=2048" in proc.stdout
 
 
 @pytest.mark.slow

@@ -46,23 +46,34 @@ def test_mixed_batch_has_one_image_per_image_record(processor, tmp_path):
     assert batch["pixel_values"].shape[0] == 1
 
 
+def test_a_sample_over_max_length_follows_the_policy_with_its_length(processor, tmp_path):
+    img = png(tmp_path / "a.png")
+    long = record("long", "word " * 40 + "<image>\nWhat colour?", "Red.", [img])
+    n = len(Collator(processor, GROUPS, 10_000, "error").inspect(long)["input_ids"])
+    batch = Collator(processor, GROUPS, 24, "skip")([long, record("ok", "Q?", "A.")])
+    assert batch["sample_ids"] == ["ok"]
+    assert batch["skipped"][0]["reason"] == f"{n} tokens (images expanded), over data.max_length=24 (or set data.truncate=true)"
+    with pytest.raises(SampleError, match=rf"record long \(test.jsonl\): {n} tokens \(images expanded\), over data.max_length=24"):
+        Collator(processor, GROUPS, 24, "error")([long])
+
+
 def test_truncation_that_cuts_image_tokens_is_invalid(processor, tmp_path):
     img = png(tmp_path / "a.png")
     long_prompt = "word " * 40 + "<image>\nWhat colour?"
     rec = record("late-image", long_prompt, "Red.", [img])
     ok = record("ok", "Q?", "A.")
-    batch = Collator(processor, GROUPS, 24, "skip")([rec, ok])
+    batch = Collator(processor, GROUPS, 24, "skip", truncate=True)([rec, ok])
     assert batch["sample_ids"] == ["ok"]
     assert batch["skipped"][0]["id"] == "late-image"
     assert "would cut image tokens" in batch["skipped"][0]["reason"]
     with pytest.raises(SampleError, match=r"record late-image \(test.jsonl\): truncation to data.max_length=24"):
-        Collator(processor, GROUPS, 24, "error")([rec])
+        Collator(processor, GROUPS, 24, "error", truncate=True)([rec])
 
 
 def test_truncation_keeps_short_answers_and_rejects_lost_ones(processor):
-    kept = Collator(processor, GROUPS, 24, "skip")([record("short", "Q?", "A long answer " * 10)])
+    kept = Collator(processor, GROUPS, 24, "skip", truncate=True)([record("short", "Q?", "A long answer " * 10)])
     assert kept["input_ids"].shape[1] == 24 and kept["sample_ids"] == ["short"]
-    lost = Collator(processor, GROUPS, 12, "skip")([record("lost", "A long question " * 10, "A.")])
+    lost = Collator(processor, GROUPS, 12, "skip", truncate=True)([record("lost", "A long question " * 10, "A.")])
     assert lost["sample_ids"] == [] and "no supervised (assistant) token" in lost["skipped"][0]["reason"]
 
 

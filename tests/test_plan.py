@@ -30,3 +30,25 @@ def test_totals_keep_train_and_validation_apart():
 def row_cells(text: str, label: str) -> list[str]:
     line = next(line for line in text.splitlines() if label in line)
     return [c.strip() for c in line.split("│")[2:-1]]
+
+
+def test_inspect_shows_what_training_sees_on_both_architectures(arch, cache_dir, shapes):
+    from curriculum.data.collate import Collator
+    from curriculum.data.records import load_or_build
+    from curriculum.model.load import load_processor
+    from curriculum.plan import inspect_samples
+
+    table, _ = load_or_build([shapes.train_file], cache_dir=cache_dir)
+    collator = Collator(load_processor(arch), ["image_text", "text_only"], 2048, "skip")
+    samples = inspect_samples(table, collator, per_group=2)
+    assert [s["group"] for s in samples] == ["image_text", "image_text", "text_only", "text_only"]
+    for s in samples:
+        record = table[[table[i]["id"] for i in range(len(table))].index(s["id"])]
+        answers = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+        # Exactly the assistant answers, each with the template's end-of-turn token, nothing else.
+        assert s["supervised_text"] == "\n".join(a + "<|im_end|>" for a in answers)
+        assert (s["image_tokens"] > 0) == (s["group"] == "image_text") and s["tokens"] > s["supervised_tokens"] > 0
+        assert s["prompt_text"].count("<|im_start|>assistant") == len(answers) and s["skip_reason"] is None
+    tight = Collator(load_processor(arch), ["image_text", "text_only"], 20, "skip")
+    over = inspect_samples(table, tight, per_group=1)
+    assert all(s["over_max_length"] and "over data.max_length=20" in s["skip_reason"] for s in over)

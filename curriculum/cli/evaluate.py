@@ -82,7 +82,7 @@ def run(folder: str, overrides: list[str]) -> str:
         raise ConfigError("there are no validation samples to answer: set data.val_files=[...] (with data.train_files).")
     model, processor = load_for_eval(model_dir)
     settings = EvalSettings(cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    result = Evaluator(model, processor, bundle.group_names, cfg.data.max_length, settings).evaluate(
+    result = Evaluator(model, processor, bundle.group_names, cfg.data.max_length, settings, cfg.data.truncate).evaluate(
         eval_records(bundle.val, cfg.eval.max_samples_per_group)
     )
     print_scores(result)

@@ -25,6 +25,8 @@ def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     path = write_plan(plan, run_dir)
     plot_plan(stream, run_steps, os.path.join(run_dir, "plan.png"))
     print(f"plan: {path}")
+    if cfg.inspect:
+        _inspect(cfg, bundle, run_dir)
     if bundle.invalid and cfg.data.on_invalid.value == "error":
         print(
             f"error: {len(bundle.invalid)} invalid record(s) (data.on_invalid=error; use data.on_invalid=skip to skip them):\n"
@@ -32,6 +34,19 @@ def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def _inspect(cfg: RunConfig, bundle, run_dir: str) -> None:
+    from curriculum.data.collate import Collator
+    from curriculum.data.sources import cache_dir
+    from curriculum.model.load import load_processor, resolve_model_path
+    from curriculum.plan import inspect_samples, print_inspected, write_inspected
+
+    processor = load_processor(resolve_model_path(cfg.model.name_or_path, cache_dir(cfg)), cfg.model.processor_kwargs)
+    collator = Collator(processor, bundle.group_names, cfg.data.max_length, "skip", truncate=cfg.data.truncate)
+    samples = inspect_samples(bundle.train, collator, cfg.inspect)
+    print_inspected(samples, cfg.data.max_length)
+    print(f"inspect: {write_inspected(samples, run_dir)}")
 
 
 @hydra_main

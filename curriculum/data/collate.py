@@ -111,7 +111,15 @@ class Collator:
     its planned per-group counts; without (validation), it is skipped and counted.
     """
 
-    def __init__(self, processor, group_names: list[str], max_length: int, on_invalid: str, replacements: Replacements | None = None):
+    def __init__(
+        self,
+        processor,
+        group_names: list[str],
+        max_length: int,
+        on_invalid: str,
+        replacements: Replacements | None = None,
+        truncate: bool = False,
+    ):
         # A private copy: padding settings made for training must not reach the exported processor.
         self.processor = copy.deepcopy(processor)
         self.tokenizer = self.processor.tokenizer
@@ -121,6 +129,8 @@ class Collator:
         self.replacements = replacements
         self.group_index = {g: i for i, g in enumerate(group_names)}
         self.max_length = max_length
+        # Without truncation a sample longer than max_length is invalid; with it, the text is cut (never image tokens).
+        self.truncate = truncate
         self.on_invalid = on_invalid
         self.image_token_ids = {
             i for i in (getattr(processor, "image_token_id", None), self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))) if isinstance(i, int)
@@ -172,6 +182,17 @@ class Collator:
         _, keep, reasons = self._labels(self._process([p]), [p])
         if not keep[0]:
             raise SampleError(reasons[0])
+
+    def inspect(self, record: dict) -> dict:
+        """What training sees of one record: the rendered text, its expanded ids and labels, and why it would be skipped (or None)."""
+        try:
+            p = self._prepare(record)
+            out = self._process([p])
+        except (ImageError, SampleError, ValueError) as e:
+            return {"text": None, "input_ids": [], "labels": [], "reason": str(e).splitlines()[0]}
+        labels, _, reasons = self._labels(out, [p])
+        n = int(out["attention_mask"][0].sum())
+        return {"text": p.text, "input_ids": out["input_ids"][0, :n].tolist(), "labels": labels[0, :n].tolist(), "reason": reasons[0] or None}
 
     def _prepare(self, record: dict) -> _Prepared:
         images = [load_image(p) for p in record["images"]]
@@ -257,6 +278,10 @@ class Collator:
                 reasons.append(f"labels cannot be placed on the processor's tokens: {e}")
                 continue
             image_pos = [k for k, j in enumerate(mapping) if j < 0 or p.ids[j] in self.image_token_ids]
+            if n > self.max_length and not self.truncate:
+                keep.append(False)
+                reasons.append(f"{n} tokens (images expanded), over data.max_length={self.max_length} (or set data.truncate=true)")
+                continue
             if n > self.max_length and image_pos and image_pos[-1] >= self.max_length:
                 keep.append(False)
                 reasons.append(f"truncation to data.max_length={self.max_length} would cut image tokens (sample has {n} tokens)")
