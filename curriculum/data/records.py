@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 
 import filelock
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
