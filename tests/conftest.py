@@ -11,6 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
+from families import BUILDERS, ensure_family
 from curriculum.config import OptimConfig, RunConfig, ScheduleConfig, StageConfig
 from curriculum.data.builtin import ensure_shapes
 from curriculum.schedule.stages import compile_schedule
@@ -33,9 +34,11 @@ def shapes(cache_dir):
     return ensure_shapes(cache_dir)
 
 
-@pytest.fixture(scope="session", params=["tiny-llava", "tiny-idefics3"])
+@pytest.fixture(scope="session", params=["tiny-llava", "tiny-idefics3", "tiny-llava-next"])
 def arch(request, cache_dir, shapes) -> str:
-    """Folder of a built-in model; tests using it run on both architectures."""
+    """Folder of a tiny model: the two built-ins, then further families (tests/families.py)."""
+    if request.param in BUILDERS:
+        return ensure_family(request.param, cache_dir, resolve_model_path("builtin:tiny-llava", cache_dir))
     return resolve_model_path(f"builtin:{request.param}", cache_dir)
 
 

@@ -13,6 +13,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from curriculum.config import DataConfig, EvalConfig, LoraConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
 from conftest import one_stage
+from families import BUILDERS, ensure_family
 from curriculum.cli.evaluate import run as evaluate_folder
 from curriculum.model.load import resolve_model_path
 from curriculum.recipe import train
@@ -39,9 +40,13 @@ def generate(model, processor, with_image: bool) -> tuple[int, int]:
     return inputs["input_ids"].shape[1], out.shape[1]
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3", "tiny-llava-next"])
 def test_train_and_export_full_model(name, cache_dir, shapes, tmp_path):
-    cfg = quick_config(cache_dir, ModelConfig(name_or_path=f"builtin:{name}"))
+    if name in BUILDERS:
+        base_path = ensure_family(name, cache_dir, resolve_model_path("builtin:tiny-llava", cache_dir))
+    else:
+        base_path = resolve_model_path(f"builtin:{name}", cache_dir)
+    cfg = quick_config(cache_dir, ModelConfig(name_or_path=base_path))
     cfg.eval = EvalConfig(generate=True, max_new_tokens=4, max_samples_per_group=3)
     train(cfg, str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
@@ -61,7 +66,7 @@ def test_train_and_export_full_model(name, cache_dir, shapes, tmp_path):
         n_in, n_out = generate(model, processor, with_image)
         assert n_out > n_in
     # The export holds the trained weights, not the initial ones.
-    base = AutoModelForImageTextToText.from_pretrained(resolve_model_path(f"builtin:{name}", cache_dir))
+    base = AutoModelForImageTextToText.from_pretrained(base_path)
     assert not torch.equal(model.lm_head.weight, base.lm_head.weight)
 
 

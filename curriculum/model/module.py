@@ -54,6 +54,7 @@ class VisionDummy:
         self.full_tower = full_tower
         self._projector_calls: list | None = None
         self._placed: tuple | None = None
+        self._loose: list[str] | None = None
 
     def reset(self) -> None:
         """Forget the captured tower output (the tower may have trained since)."""
@@ -61,13 +62,18 @@ class VisionDummy:
 
     def term(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, tower_trains: bool) -> torch.Tensor:
         """A zero scalar that depends on every trained parameter the vision path reaches."""
+        # Projector parameters held outside a module (LLaVA-NeXT's image_newline, used after the
+        # image features) are not reached by the path below: they join directly.
+        if self._loose is None:
+            self._loose = _loose_projector_parameters(model)
+        loose = _zero_sum([model.get_parameter(name) for name in self._loose])
         if not (tower_trains or self.full_tower):
             if self._placed != (device, dtype):
                 self._projector_calls = _projector_calls(model, self._inputs_on(device, dtype))
                 self._placed = (device, dtype)
             if self._projector_calls:
-                return _zero_sum([m(*args, **kwargs) for m, args, kwargs in self._projector_calls])
-        return _zero_sum(model.get_image_features(**self._inputs_on(device, dtype)))
+                return loose + _zero_sum([m(*args, **kwargs) for m, args, kwargs in self._projector_calls])
+        return loose + _zero_sum(model.get_image_features(**self._inputs_on(device, dtype)))
 
     def _inputs_on(self, device: torch.device, dtype: torch.dtype) -> dict:
         return {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in self.inputs.items()}
@@ -80,7 +86,8 @@ def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
     def capture(module, args, kwargs):
         calls.append((module, tuple(map(_detached, args)), {k: _detached(v) for k, v in kwargs.items()}))
 
-    hooks = [model.get_submodule(name).register_forward_pre_hook(capture, with_kwargs=True) for name in component_prefixes(model)["projector"]]
+    modules = dict(model.named_modules())
+    hooks = [modules[name].register_forward_pre_hook(capture, with_kwargs=True) for name in component_prefixes(model)["projector"] if name in modules]
     device = next(iter(inputs.values())).device
     cuda = [device.index or 0] if device.type == "cuda" else []
     try:
@@ -93,6 +100,12 @@ def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
         for h in hooks:
             h.remove()
     return calls
+
+
+def _loose_projector_parameters(model: torch.nn.Module) -> list[str]:
+    """Projector prefixes that name a parameter rather than a module."""
+    params = dict(model.named_parameters())
+    return [name for name in component_prefixes(model)["projector"] if name in params]
 
 
 def _detached(x):
@@ -213,10 +226,11 @@ class VLMModule(pl.LightningModule):
         super().train(mode)
         if mode and self._stage is not None:
             prefixes = component_prefixes(self.model)
+            modules = dict(self.model.named_modules())  # a prefix may name a bare parameter (image_newline): no mode
             # Outer modules first, so a component nested in another (a projector inside the vision module) keeps its own mode.
-            for prefix, comp in sorted(((p, c) for c in COMPONENTS for p in prefixes[c]), key=lambda x: x[0].count(".")):
+            for prefix, comp in sorted(((p, c) for c in COMPONENTS for p in prefixes[c] if p in modules), key=lambda x: x[0].count(".")):
                 is_trained = self._trains(comp) and bool(self.trained_parameters()[comp])
-                self.model.get_submodule(prefix).train(is_trained)
+                modules[prefix].train(is_trained)
         return self
 
     def setup(self, stage: str) -> None:
