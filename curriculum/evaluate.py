@@ -9,7 +9,6 @@ also gets its per-token loss on the reference, as validation computes it.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import string
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from curriculum.atomic import write_json
 from curriculum.data.collate import Collator, adds_special_tokens, to_hf_messages
 from curriculum.data.images import ImageError, load_image
 from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
@@ -195,8 +195,4 @@ def eval_records(table, per_group: int | None = None) -> list[dict]:
 
 def write_eval(folder: str, result: dict) -> str:
     """eval.json in `folder` (written atomically); returns its path."""
-    path = os.path.join(folder, "eval.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-    return path
+    return write_json(os.path.join(folder, "eval.json"), result)

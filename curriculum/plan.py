@@ -10,6 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from curriculum.atomic import write_json, write_text
 from curriculum.config import COMPONENTS
 from curriculum.data.collate import IGNORE_INDEX
 from curriculum.data.sources import DataBundle
@@ -99,11 +100,7 @@ def plot_plan(stream: CurriculumStream, run_steps: int, path: str) -> str:
 
 def write_plan(plan: dict, run_dir: str) -> str:
     """Write plan.json into the run folder and return its path."""
-    path = os.path.join(run_dir, "plan.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(plan, f, indent=2)
-    os.replace(path + ".tmp", path)
-    return path
+    return write_json(os.path.join(run_dir, "plan.json"), plan, indent=2)
 
 
 def print_plan(plan: dict, console: Console | None = None) -> None:
@@ -203,8 +200,4 @@ def print_inspected(samples: list[dict], max_length: int, console: Console | Non
 
 def write_inspected(samples: list[dict], run_dir: str) -> str:
     """inspect.jsonl in the run folder, one JSON object per sample; returns its path."""
-    path = os.path.join(run_dir, "inspect.jsonl")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(s, ensure_ascii=False) + "\n" for s in samples)
-    os.replace(path + ".tmp", path)
-    return path
+    return write_text(os.path.join(run_dir, "inspect.jsonl"), "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))

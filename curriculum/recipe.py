@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytorch_lightning as pl
 from omegaconf import OmegaConf
 
+from curriculum.atomic import write_json
 from curriculum.callbacks import AtomicCheckpointIO, GenerationEval, RunCheckpoints, StageProgressBar, StepRows
 from curriculum.config import ConfigError, Mode, RunConfig
 from curriculum.data.collate import Collator, SampleError
@@ -264,10 +265,7 @@ def _step_of(line: str) -> int:
 
 def write_status(run_dir: str, status: str, reason: str | None = None) -> None:
     """status.json: running, completed or failed (with the first line of the reason)."""
-    path = os.path.join(run_dir, "status.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({"status": status, "reason": reason}, f)
-    os.replace(path + ".tmp", path)
+    write_json(os.path.join(run_dir, "status.json"), {"status": status, "reason": reason}, indent=None)
 
 
 def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curriculum.atomic import write_json
 from curriculum.data.formats import IMAGE_TOKEN, MISSING_IMAGE, DataFileError, InvalidRecordError, iter_records
 
 __all__ = [
@@ -332,7 +333,7 @@ def load_or_build(
             files, out_path=table_path, image_root=image_root, file_groups=file_groups, on_invalid=on_invalid, check_images=check_images
         )
         if table is not None:
-            _write_json_atomic(report_path, report.to_dict())
+            write_json(report_path, report.to_dict())
     return table, report
 
 
@@ -348,14 +349,3 @@ def _cached_report(table_path: str, report_path: str) -> LoadReport | None:
         if reason.startswith(MISSING_IMAGE) and os.path.isfile(reason[len(MISSING_IMAGE) :]):
             return None
     return report
-
-
-def _write_json_atomic(path: str, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f"{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
