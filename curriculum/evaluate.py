@@ -8,7 +8,6 @@ also gets its per-token loss on the reference, as validation computes it.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import string
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from curriculum.atomic import write_json
-from curriculum.data.collate import Collator, adds_special_tokens, to_hf_messages
+from curriculum.data.collate import Collator, adds_special_tokens, padded_copy, to_hf_messages
 from curriculum.data.images import ImageError, load_image
 from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
 
@@ -70,11 +69,8 @@ class Evaluator:
         self.model = model
         self.settings = settings or EvalSettings()
         # A private copy: generation pads on the left, training batches on the right.
-        self.processor = copy.deepcopy(processor)
+        self.processor = padded_copy(processor, "left")
         self.tokenizer = self.processor.tokenizer
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.group_names = group_names
         self.collator = Collator(processor, group_names, max_length, on_invalid="skip", truncate=truncate)
 

@@ -100,6 +100,15 @@ def align(expanded: list[int], unexpanded: list[int]) -> list[int]:
     return out
 
 
+def padded_copy(processor, side: str):
+    """A private copy of the processor whose tokenizer pads on `side` (with EOS when it has no pad token)."""
+    processor = copy.deepcopy(processor)
+    processor.tokenizer.padding_side = side
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
 Replacements = Callable[[dict], Iterator[dict]]
 
 
@@ -121,11 +130,8 @@ class Collator:
         truncate: bool = False,
     ):
         # A private copy: padding settings made for training must not reach the exported processor.
-        self.processor = copy.deepcopy(processor)
+        self.processor = padded_copy(processor, "right")
         self.tokenizer = self.processor.tokenizer
-        self.tokenizer.padding_side = "right"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.replacements = replacements
         self.group_index = {g: i for i, g in enumerate(group_names)}
         self.max_length = max_length
