@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from families import BUILDERS, ensure_family
@@ -21,31 +22,43 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> str:
-    """Session cache for built-in data, models and record tables (also used by CLI subprocesses)."""
-    path = str(tmp_path_factory.mktemp("cache"))
+def cache_dir(tmp_path_factory, worker_id) -> str:
+    """Session cache for built-in data, models and record tables (also used by CLI subprocesses).
+
+    Shared by pytest-xdist's workers (the parent of each worker's base temp folder), so each tiny
+    model is built once per session.
+    """
+    base = tmp_path_factory.getbasetemp()
+    path = str(base / "cache" if worker_id == "master" else base.parent / "cache")
+    os.makedirs(path, exist_ok=True)
     os.environ["CURRICULUM_CACHE"] = path
     return path
+
+
+def built_once(cache_dir: str, build):
+    """`build()` under a lock shared by the xdist workers: one builds, the others wait and reuse."""
+    with FileLock(os.path.join(cache_dir, ".tests.lock")):
+        return build()
 
 
 @pytest.fixture(scope="session")
 def shapes(cache_dir):
     """The default built-in data (the tokenizer of the built-in models is trained on it)."""
-    return ensure_shapes(cache_dir)
+    return built_once(cache_dir, lambda: ensure_shapes(cache_dir))
 
 
 @pytest.fixture(scope="session", params=["tiny-llava", "tiny-idefics3", "tiny-llava-next"])
 def arch(request, cache_dir, shapes) -> str:
     """Folder of a tiny model: the two built-ins, then further families (tests/families.py)."""
     if request.param in BUILDERS:
-        return ensure_family(request.param, cache_dir, resolve_model_path("builtin:tiny-llava", cache_dir))
-    return resolve_model_path(f"builtin:{request.param}", cache_dir)
+        return built_once(cache_dir, lambda: ensure_family(request.param, cache_dir, resolve_model_path("builtin:tiny-llava", cache_dir)))
+    return built_once(cache_dir, lambda: resolve_model_path(f"builtin:{request.param}", cache_dir))
 
 
 @pytest.fixture(scope="session")
 def llava_path(cache_dir, shapes) -> str:
     """Folder of the built-in tiny LLaVA."""
-    return resolve_model_path("builtin:tiny-llava", cache_dir)
+    return built_once(cache_dir, lambda: resolve_model_path("builtin:tiny-llava", cache_dir))
 
 
 @pytest.fixture
