@@ -11,11 +11,10 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from curriculum.resume import LAST
 from curriculum.schedule.stages import Schedule
 
 log = logging.getLogger("curriculum")
-
-LAST = "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -317,6 +317,8 @@ class TrainerConfig:
                 f"trainer.strategy={self.strategy} is not supported: DeepSpeed keeps gradients outside the parameters, where the "
                 "global-batch loss scaling and frozen-stage handling cannot reach them; use ddp."
             )
+        if "fsdp" in self.strategy and self.strategy != "fsdp":
+            raise ConfigError(f"trainer.strategy={self.strategy} is not supported: use fsdp (FSDP2 over all processes, see conf/trainer/fsdp.yaml).")
         if device_count(self.devices) is None:
             raise ConfigError(
                 f"trainer.devices={self.devices!r} is not allowed: give the number of processes per node (e.g. 2) or "
@@ -421,6 +423,16 @@ class RunConfig:
             raise ConfigError(
                 f"trainer.max_steps={self.trainer.max_steps} is not allowed: the schedule has {total} steps; "
                 "use at most that, or lengthen a stage."
+            )
+        if self.trainer.strategy == "fsdp" and self.eval.generate:
+            raise ConfigError(
+                "eval.generate=true is not supported with trainer.strategy=fsdp (generation would run on rank 0 alone while the "
+                "weights are sharded over all ranks): run curriculum-eval on the run's export instead."
+            )
+        if self.trainer.strategy == "fsdp" and self.export.mode == "merged":
+            raise ConfigError(
+                "export.mode=merged is not supported with trainer.strategy=fsdp: export the adapter (export.mode=adapter) and merge "
+                "it with PEFT's merge_and_unload on one process."
             )
         if self.export.mode == "merged" and self.model.peft is None:
             raise ConfigError("export.mode=merged needs model/peft=lora: there is no adapter to merge.")

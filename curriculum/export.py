@@ -31,15 +31,18 @@ processor = AutoProcessor.from_pretrained("<this folder>")
 }
 
 
-def export_model(model, processor, out_dir: str, mode: str = "auto") -> str:
-    """Save to `out_dir` atomically; returns what was written: 'model', 'merged' or 'adapter'."""
+def export_model(model, processor, out_dir: str, mode: str = "auto", state_dict: dict | None = None) -> str:
+    """Save to `out_dir` atomically; returns what was written: 'model', 'merged' or 'adapter'.
+
+    `state_dict` is the model's full state when its own parameters are sharded (not with 'merged').
+    """
     is_peft = hasattr(model, "peft_config")
     kind = "adapter" if is_peft and mode in ("auto", "adapter") else ("merged" if is_peft else "model")
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if kind == "merged":
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
     processor.save_pretrained(tmp)
     # In place of PEFT's model-card template: what this folder is and how to load it.
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:

@@ -29,6 +29,7 @@ from curriculum.resume import RUN_CONFIG
 from curriculum.resume import prepare as prepare_resume
 from curriculum.resume import record as record_resume
 from curriculum.schedule.stages import compile_schedule
+from curriculum.sharding import ShardedStrategy, full_state_dict
 from curriculum.schedule.stream import CurriculumStream
 
 log = logging.getLogger("curriculum")
@@ -121,7 +122,7 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, s
         skipped_log=os.path.join(run_dir, "skipped.jsonl"),
         sample_id_dir=os.path.join(run_dir, SAMPLE_IDS) if cfg.logger.sample_ids else None,
         start_step=start_step,
-        toggle_requires_grad=not shards_parameters(cfg),
+        sharded=shards_parameters(cfg),
     )
     if cfg.world_size() > 1 and not shards_parameters(cfg):
         # DDP's reducer must not wait for a parameter that never gets a gradient; the module finds them on device.
@@ -165,6 +166,8 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         from pytorch_lightning.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
+    elif shards_parameters(cfg):
+        strategy = ShardedStrategy(cfg.world_size())
     # A run shorter than the validation interval still validates once, at its end.
     val_every = min(t.val_every_n_steps or parts.run_steps, parts.run_steps)
     checkpoints = os.path.join(run_dir, "checkpoints")
@@ -305,9 +308,11 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
             f"no training sample was usable: all {module.skipped_total:.0f} drawn samples were skipped "
             f"(see {os.path.join(run_dir, 'skipped.jsonl')}); nothing is exported."
         )
+    # Sharded weights are gathered to rank 0 by every rank together.
+    gathered = full_state_dict(module.model) if cfg.export.enabled and shards_parameters(cfg) else None
     if trainer.is_global_zero:
         if cfg.export.enabled:
-            kind = export_model(parts.module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode)
+            kind = export_model(module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode, gathered)
             log.info("exported %s to %s", kind, os.path.join(run_dir, "export"))
         write_status(run_dir, "completed")
         log.info("report: %s", write_run_report(run_dir))

@@ -14,6 +14,10 @@ from omegaconf import OmegaConf
 from curriculum.config import ConfigError, RampConfig, RunConfig, validate
 from curriculum.schedule.stages import ramp_steps, warmup_steps
 
+LAST = "last.ckpt"
+# Lightning's file of run state (loops, schedulers, callbacks, ours) inside a sharded checkpoint folder.
+META = "meta.pt"
+
 RUN_CONFIG = "run_config.yaml"
 CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "schedule", "hydra", "experiment"}
 # Keys that never change what the run has already done.
@@ -49,7 +53,7 @@ def find_run(spec: str, output_root: str) -> str:
     found = glob.glob(os.path.join(output_root, "*", "*", ".hydra", "config.yaml"))
     found += glob.glob(os.path.join(output_root, "multirun", "*", "*", "*", ".hydra", "config.yaml"))
     # Only training runs that wrote a checkpoint can continue (curriculum-plan folders have no status.json).
-    found = [f for f in found if os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(f)), "checkpoints", "last.ckpt"))]
+    found = [f for f in found if last_checkpoint(os.path.dirname(os.path.dirname(f)))]
     if not found:
         raise ConfigError(f"resume=latest found no training run with a checkpoint under {os.path.abspath(output_root)}.")
     return os.path.abspath(os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime))))
@@ -76,9 +80,31 @@ def apply_overrides(base, overrides: list[str], command: str = "resume"):
     return cfg
 
 
+def is_sharded_checkpoint(path: str) -> bool:
+    """True for a checkpoint folder written by ShardedStrategy (one shard per rank plus META)."""
+    return os.path.isfile(os.path.join(path, META))
+
+
+def checkpoint_meta(path: str) -> str:
+    """The file that holds a checkpoint's run state: the checkpoint itself, or META in a sharded one."""
+    return os.path.join(path, META) if os.path.isdir(path) else path
+
+
+def last_checkpoint(run_dir: str) -> str | None:
+    """The run's checkpoints/last.ckpt (a file, or a sharded folder), or None when it has none.
+
+    A kill while a sharded checkpoint is swapped in can leave only the previous one, as last.ckpt.old.
+    """
+    path = os.path.join(run_dir, "checkpoints", LAST)
+    for candidate in (path, path + ".old"):
+        if os.path.isfile(candidate) or is_sharded_checkpoint(candidate):
+            return candidate
+    return None
+
+
 def checkpoint_position(path: str) -> tuple[int, str | None]:
     """Optimizer steps done in a checkpoint, and the fingerprint of the data it trained on."""
-    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    ckpt = torch.load(checkpoint_meta(path), map_location="cpu", mmap=True, weights_only=False)
     return int(ckpt["global_step"]), ckpt.get("CurriculumDataModule", {}).get("data")
 
 
@@ -155,9 +181,12 @@ def pin_started_ramps(old: RunConfig, new: RunConfig, done: int) -> None:
 
 def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     """The config to continue with, the checkpoint and step to continue from, and the accepted changes."""
-    ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
-    if not os.path.isfile(ckpt):
-        raise ConfigError(f"resume={cfg.resume}: {ckpt} does not exist; the run stopped before its first checkpoint, start it again.")
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is None:
+        raise ConfigError(
+            f"resume={cfg.resume}: {os.path.join(run_dir, 'checkpoints', LAST)} does not exist; the run stopped before its first "
+            "checkpoint, start it again."
+        )
     base_raw = saved_config(run_dir)
     # The saved config ran; rules added since must not lock its run out (the new config is checked).
     old = validate(base_raw, check=False)

@@ -4,6 +4,7 @@
 - `full` / `frozen`: rank 0's micro-batches have images, rank 1's are text-only; the vision tower
   trains (full vision dummy) or not (projector-only dummy); the language model is frozen in the
   first stage and trains in the second (a new DDP reducer at the boundary).
+- `fsdp`: as `frozen`, with the parameters sharded (trainer.strategy=fsdp, FSDP2 over gloo).
 - `grouped`: every optimizer step is one group across both ranks (2 x 4 samples), so some steps
   hold no image at all.
 Each rank saves its trained parameters per step and the sample ids it consumed into OUT_DIR.
@@ -44,11 +45,12 @@ def config(out_dir: str, data_file: str, case: str) -> RunConfig:
         )
         micro = 2
     vision = Mode.full if case == "full" else Mode.frozen
+    strategy = "fsdp" if case == "fsdp" else "ddp"
     return RunConfig(
         data=DataConfig(train_files=[data_file], micro_batch_size=micro, num_workers=0),
         model=ModelConfig(trainable=TrainableConfig(vision=vision, projector=Mode.full, language=Mode.full)),
         schedule=schedule,
-        trainer=TrainerConfig(accelerator="cpu", devices=2, strategy="ddp", val_every_n_steps=0, enable_progress_bar=False),
+        trainer=TrainerConfig(accelerator="cpu", devices=2, strategy=strategy, val_every_n_steps=0, enable_progress_bar=False),
         checkpoint=CheckpointConfig(every_n_steps=0),
         export=ExportConfig(enabled=False),
         paths=PathsConfig(output_root=out_dir, cache_dir=os.environ["CURRICULUM_CACHE"]),
@@ -64,7 +66,8 @@ class Record(pl.Callback):
         self.seen: list[str] = []
 
     def _params(self, pl_module) -> dict:
-        return {n: p.detach().clone() for n, p in pl_module.model.named_parameters() if n in self.names}
+        # Sharded parameters are gathered whole (a collective: every rank records).
+        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in pl_module.model.named_parameters() if n in self.names}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.seen.extend(batch["sample_ids"])

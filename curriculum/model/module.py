@@ -10,6 +10,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytorch_lightning as pl
@@ -74,6 +75,26 @@ class VisionDummy:
             if self._projector_calls:
                 return loose + _zero_sum([m(*args, **kwargs) for m, args, kwargs in self._projector_calls])
         return loose + _zero_sum(model.get_image_features(**self._inputs_on(device, dtype)))
+
+    @contextmanager
+    def inside_forward(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+        """Compute the term at the start of `model`'s next forward, into the yielded list.
+
+        With sharded parameters every rank must gather the same units in the same order; run
+        first inside the forward, the vision path gathers its blocks where a real image batch
+        gathers them (after the root unit, before the language model's layers).
+        """
+        terms: list[torch.Tensor] = []
+
+        def run(module, args, kwargs):
+            if not terms:
+                terms.append(self.term(model, device, dtype, True))
+
+        handle = model.register_forward_pre_hook(run, with_kwargs=True)
+        try:
+            yield terms
+        finally:
+            handle.remove()
 
     def _inputs_on(self, device: torch.device, dtype: torch.dtype) -> dict:
         return {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in self.inputs.items()}
@@ -146,7 +167,7 @@ class VLMModule(pl.LightningModule):
         skipped_log: str | None = None,
         sample_id_dir: str | None = None,
         start_step: int = 0,
-        toggle_requires_grad: bool = True,
+        sharded: bool = False,
     ):
         super().__init__()
         self.model = model
@@ -159,8 +180,12 @@ class VLMModule(pl.LightningModule):
         self.sample_id_dir = sample_id_dir
         # The step training starts (or resumes) at: its stage's trainability is set before any wrapper is built.
         self.start_step = start_step
-        # Sharded wrappers fix the set of parameters with gradients; there a frozen stage drops gradients instead.
-        self.toggle_requires_grad = toggle_requires_grad
+        # Parameters sharded by FSDP2 in configure_model. Its units fix which parameters have
+        # gradients when first gathered, so a frozen stage drops gradients there instead of toggling.
+        self.sharded = sharded
+        self.toggle_requires_grad = not sharded
+        # (state_dict keys, weights_identity) of the weights no stage trains, taken before sharding.
+        self._identity: tuple[list[str], str] | None = None
         # Checkpoints leave out the weights no stage trains (on_save_checkpoint), so they are missing on load.
         self.strict_loading = False
         # A real batch whose backward shows which trained parameters never get a gradient (DDP only).
@@ -237,6 +262,19 @@ class VLMModule(pl.LightningModule):
         if stage == "fit" and self._stage is None:
             self.enter_stage(self.schedule.stage_at(self.start_step))
 
+    def configure_model(self) -> None:
+        if not self.sharded or self._identity is not None:
+            return
+        from curriculum.sharding import shard_model
+
+        frozen = self._never_trained()
+        self._identity = (sorted(frozen), weights_identity(self.state_dict(keep_vars=True), frozen))
+        blocks = shard_model(self.model, self.device_mesh["data_parallel"])
+        log.info("sharded %d blocks and the rest of the model over %d processes (FSDP2)", blocks, self.device_mesh["data_parallel"].size())
+        # Sharding replaced the parameters: find the trained ones again.
+        self._trained = None
+        self.enter_stage(self._stage or self.schedule.stage_at(self.start_step))
+
     def on_fit_start(self) -> None:
         # On the training device, once: no model compute on the CPU before training starts.
         if self.probe_batch is None:
@@ -271,22 +309,40 @@ class VLMModule(pl.LightningModule):
         """Summed token loss of the batch and a [groups, 2] tensor of (loss sum, token count)."""
         sums = torch.zeros(len(self.group_names), 2, dtype=torch.float64, device=self.device)
         if batch["input_ids"].numel() == 0:
-            # Every sample was skipped: still touch every trained parameter so collectives match.
-            zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
-            return zero + self._dummy_vision_term(), sums
+            if not self.sharded:
+                # Every sample was skipped: still touch every trained parameter so collectives match.
+                zero = sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
+                return zero + self._dummy_vision_term(), sums
+            # Sharded units gather only inside a forward: run one on a token nothing learns from.
+            batch = self._unsupervised_batch()
         inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         inputs = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items()}
-        token_loss, rows = supervised_token_losses(self.model, inputs, batch["labels"])
+        inside = self.sharded and self.vision_dummy is not None and "pixel_values" not in batch
+        if inside:
+            with self.vision_dummy.inside_forward(self.model, self.device, dtype) as terms:
+                token_loss, rows = supervised_token_losses(self.model, inputs, batch["labels"])
+        else:
+            token_loss, rows = supervised_token_losses(self.model, inputs, batch["labels"])
         n_rows = batch["labels"].shape[0]
         row_loss = torch.zeros(n_rows, dtype=token_loss.dtype, device=token_loss.device).index_add(0, rows, token_loss)
         row_tokens = torch.bincount(rows, minlength=n_rows)
         sums[:, 0].index_add_(0, batch["group_ids"], row_loss.detach().double())
         sums[:, 1].index_add_(0, batch["group_ids"], row_tokens.double())
         loss = row_loss.sum()
-        if "pixel_values" not in batch:
+        if inside:
+            loss = loss + terms[0]
+        elif "pixel_values" not in batch:
             loss = loss + self._dummy_vision_term()
         return loss, sums
+
+    def _unsupervised_batch(self) -> dict:
+        """One text token without a label (the text model's BOS or pad token), in group 0."""
+        text = getattr(self.model.config, "text_config", self.model.config)
+        token = next((t for t in (text.bos_token_id, text.pad_token_id) if isinstance(t, int)), 0)
+        ids = torch.full((1, 1), token, dtype=torch.long, device=self.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, IGNORE_INDEX),
+                "group_ids": torch.zeros(1, dtype=torch.long, device=self.device)}
 
     def _dummy_vision_term(self) -> torch.Tensor:
         if self.vision_dummy is None:
@@ -433,8 +489,11 @@ class VLMModule(pl.LightningModule):
         frozen = self._never_trained()
         for key in frozen:
             checkpoint["state_dict"].pop(key, None)
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
         checkpoint["curriculum"] = {
-            "base_weights": weights_identity(self.state_dict(keep_vars=True), frozen),
+            "base_weights": self._base_identity(frozen),
+            # A sharded load initialises every parameter's optimizer state; this says which to keep.
+            "optimizer_state": [n for n, p in self.named_parameters() if optimizer is not None and p in optimizer.state],
             "drawn_total": self.drawn_total.tolist(),
             "trained_total": self.trained_total.tolist(),
             "skipped_total": self.skipped_total,
@@ -448,13 +507,22 @@ class VLMModule(pl.LightningModule):
             },
         }
 
+    def _base_identity(self, keys: list[str]) -> str:
+        """weights_identity of the named weights; for sharded parameters, the one taken before sharding."""
+        if self._identity is not None and self._identity[0] == sorted(keys):
+            return self._identity[1]
+        return weights_identity(self.state_dict(keep_vars=True), keys)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["curriculum"]
         if "base_weights" in state:  # a lean checkpoint (older ones hold every weight)
             # The weights it left out come from the base model: they must be the ones it was saved with.
-            current = self.state_dict(keep_vars=True)
-            absent = [k for k, v in current.items() if isinstance(v, torch.nn.Parameter) and k not in checkpoint["state_dict"]]
-            if weights_identity(current, absent) != state["base_weights"]:
+            if "state_dict" in checkpoint:
+                current = self.state_dict(keep_vars=True)
+                absent = [k for k, v in current.items() if isinstance(v, torch.nn.Parameter) and k not in checkpoint["state_dict"]]
+            else:  # a sharded checkpoint's weights are loaded already; it left out what no stage trains
+                absent = self._never_trained()
+            if self._base_identity(absent) != state["base_weights"]:
                 raise ConfigError(
                     "resume: the base model's weights that this run does not train differ from the ones its checkpoint was "
                     "trained with (its checkpoints hold only the trained weights); resume with the same model.name_or_path files."
@@ -595,7 +663,8 @@ def supervised_token_losses(model: torch.nn.Module, inputs: dict, labels: torch.
 
     handle = model.get_output_embeddings().register_forward_pre_hook(select)
     try:
-        logits = model(**inputs).logits
+        # No KV cache in training: it would hold every layer's keys and values past the forward.
+        logits = model(**inputs, use_cache=False).logits
     finally:
         handle.remove()
     if logits.dim() == 3:  # the model fed its head something else: take the positions from the full logits
