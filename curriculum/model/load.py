@@ -68,7 +68,10 @@ def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = 
     model.train()  # from_pretrained returns eval mode; dropout must be on while training
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings are fine.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # the name newer transformers use
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.peft is not None:
         model = _with_lora(model, cfg, trainable)

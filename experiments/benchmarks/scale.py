@@ -9,10 +9,14 @@
    and batch exist.
 2. Checkpoint size of a full, a default (vision frozen) and a LoRA run of the built-in tiny model.
 3. Framework overhead: `curriculum-train`'s Trainer.fit against a hand-written loop over the same
-   module, batches, optimizer and LR schedule, in the same run (validation, checkpoints and
-   export off), as a ratio of wall time.
+   module, batches, optimizer and LR schedule, in the same run (validation, periodic checkpoints
+   and export off; the stage-end checkpoint stays), as a ratio of wall time.
+4. Startup of a ~1B-parameter random LLaVA-shaped model (built from a config and saved with
+   save_pretrained; never downloaded): time and peak host memory of `build_parts` (data, model,
+   module), now and with the pre-fit CPU probe (a forward and backward of the whole model that
+   `build_parts` ran before training until the probe moved to the device, DDP only).
 
-    python experiments/benchmarks/scale.py [--seq 2048] [--layers 4] [--hidden 512] [--steps 2]
+    python experiments/benchmarks/scale.py [--sections memory,checkpoints,overhead,startup] [--seq 2048] [--layers 4] [--hidden 512]
 """
 
 from __future__ import annotations
@@ -49,7 +53,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--supervised", type=float, default=0.25, help="fraction of positions with a label (the answer)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per variant (after one warmup step)")
     p.add_argument("--overhead-steps", type=int, default=60, help="optimizer steps of the overhead comparison")
+    p.add_argument("--overhead-rounds", type=int, default=5)
+    p.add_argument("--sections", default="memory,checkpoints,overhead,startup")
     p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--startup", nargs=2, metavar=("MODEL", "PROBE"), help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -110,7 +117,7 @@ def run_variant(args) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     model, batch = qwen2_vl(args)
     if spec.get("checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if spec.get("freeze_language"):
         for name, p in model.named_parameters():
             p.requires_grad_("merger" in name)
@@ -185,7 +192,7 @@ def checkpoint_table(tmp: str) -> str:
     return markdown_table(["run", "last.ckpt MiB", "vs full"], rows)
 
 
-def overhead_table(tmp: str, steps: int) -> str:
+def overhead_table(tmp: str, steps: int, n_rounds: int) -> str:
     """Trainer.fit vs a hand-written loop over the same module, batches, optimizer and schedule."""
     import pytorch_lightning as pl
 
@@ -224,12 +231,13 @@ def overhead_table(tmp: str, steps: int) -> str:
 
     def ours(cfg, parts) -> float:
         trainer = build_trainer(cfg, tmp, parts)
+        trainer.limit_val_batches = 0  # the run's final validation: the hand-written loop does not validate
         start = time.perf_counter()
         trainer.fit(parts.module, datamodule=parts.datamodule)
         return time.perf_counter() - start
 
     rounds = []
-    for _ in range(3):
+    for _ in range(n_rounds):
         cfg, parts = fresh()
         t_ours = ours(cfg, parts)
         _, parts = fresh()
@@ -241,19 +249,81 @@ def overhead_table(tmp: str, steps: int) -> str:
     return markdown_table([f"{steps} steps, tiny LLaVA", "curriculum-train (Trainer.fit) s", "hand-written loop s", "ratio"], rows)
 
 
+def llava_1b(folder: str) -> float:
+    """Save a random ~1B LLaVA-shaped model (Llama LM: hidden 2048, 8 layers, vocab 151,936) with the tiny model's
+    processor and vision tower; returns its parameter count in billions."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from curriculum.data.sources import cache_dir
+    from curriculum.model.load import load_processor, resolve_model_path
+
+    tiny = resolve_model_path("builtin:tiny-llava", cache_dir(tiny_config(folder)))
+    config = AutoConfig.from_pretrained(tiny)
+    text = config.text_config
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers, text.vocab_size = 2048, 5632, 8, 151936
+    text.num_attention_heads = text.num_key_value_heads = 16
+    text.head_dim = 128
+    config.projector_hidden_act = "gelu"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForImageTextToText.from_config(config)
+    model.save_pretrained(folder)
+    load_processor(tiny).save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters()) / 1e9
+
+
+def run_startup(model: str, probe: bool) -> dict:
+    """build_parts for a 1-process run of `model` (and, with `probe`, the former pre-fit CPU probe): seconds, peak RSS."""
+    from curriculum.model.module import freeze_unused_parameters
+    from curriculum.recipe import _probe_records, build_parts
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="startup-") as tmp:
+        cfg = tiny_config(tmp, f"model.name_or_path={model}", "data.micro_batch_size=2")
+        start = time.perf_counter()
+        parts = build_parts(cfg, tmp)
+        if probe:
+            freeze_unused_parameters(parts.module, parts.datamodule.collator(_probe_records(parts.bundle)))
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def startup_table() -> str:
+    """build_parts of a ~1B model now and with the former pre-fit probe, each in a fresh interpreter, alternating."""
+    with tempfile.TemporaryDirectory(prefix="startup-model-") as folder:
+        billions = llava_1b(folder)
+        results: dict[str, list[dict]] = {"now: no model compute before fit": [], "before: pre-fit CPU probe (forward + backward)": []}
+        for _ in range(2):
+            for name, probe in zip(results, ("0", "1")):
+                out = subprocess.run([sys.executable, __file__, "--startup", folder, probe], capture_output=True, text=True, check=True)
+                results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = [[name, f"{statistics.median(r['seconds'] for r in runs):.1f}", f"{max(r['peak_gb'] for r in runs):.1f}"] for name, runs in results.items()]
+    title = f"build_parts, random LLaVA-shaped model of {billions:.2f}B parameters (fp32, CPU), 1 process"
+    return markdown_table([title, "seconds (median of 2)", "peak RSS GB"], rows)
+
+
 def main() -> None:
     args = parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
+    if args.startup:
+        print(json.dumps(run_startup(args.startup[0], args.startup[1] == "1")))
+        return
+    sections = set(args.sections.split(","))
     print(machine_line())
-    memory, params = memory_table(args)
-    print(f"\nQwen2-VL-shaped random model, {params:.0f}M parameters (vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers), "
-          f"1 sequence of {args.seq} tokens with one image, {args.supervised:.0%} of positions supervised, fp32 on CPU\n")
-    print(memory)
+    if "memory" in sections:
+        memory, params = memory_table(args)
+        print(f"\nQwen2-VL-shaped random model, {params:.0f}M parameters (vocab {args.vocab}, hidden {args.hidden}, {args.layers} layers), "
+              f"1 sequence of {args.seq} tokens with one image, {args.supervised:.0%} of positions supervised, fp32 on CPU\n")
+        print(memory)
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-        print("\n" + checkpoint_table(tmp))
-        print("\n" + overhead_table(tmp, args.overhead_steps))
+        if "checkpoints" in sections:
+            print("\n" + checkpoint_table(tmp))
+        if "overhead" in sections:
+            print("\n" + overhead_table(tmp, args.overhead_steps, args.overhead_rounds))
+    if "startup" in sections:
+        print("\n" + startup_table())
 
 
 if __name__ == "__main__":
