@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import png, record
@@ -154,17 +155,38 @@ def test_bos_is_handled_as_the_generation_path_does(processor):
     assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
 
 
-def test_a_sample_whose_labels_cannot_be_placed_follows_the_policy(processor, monkeypatch):
+def refuse_alignment(monkeypatch):
+    """Make the token alignment fail, as when image expansion changes how neighbouring text tokenises."""
     import curriculum.data.collate as collate
 
-    real = collate.align
+    def refuse(expanded, unexpanded):
+        raise ValueError("the processor's token ids do not contain the chat text's tokens in order")
 
-    def refuse_long(expanded, unexpanded):  # as when image expansion changes how neighbouring text tokenises
-        if len(unexpanded) > 60:
-            raise ValueError("the processor's token ids do not contain the chat text's tokens in order")
-        return real(expanded, unexpanded)
+    monkeypatch.setattr(collate, "align", refuse)
 
-    monkeypatch.setattr(collate, "align", refuse_long)
+
+def test_where_alignment_fails_processed_prefixes_give_the_same_labels(processor, monkeypatch, tmp_path):
+    img = png(tmp_path / "a.png")
+    two_turns = {**record("t", "<image>\nColour?", "Red.", [img]), "messages": [
+        {"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "Shape?"}, {"role": "assistant", "content": "A square, I think."}]}
+    records = [two_turns, record("x", "2+2?", "Four.")]
+    aligned = Collator(processor, GROUPS, 512, "error")(records)
+    refuse_alignment(monkeypatch)
+    by_prefixes = Collator(processor, GROUPS, 512, "error")(records)
+    assert torch.equal(aligned["labels"], by_prefixes["labels"])
+    assert processor.tokenizer.decode(by_prefixes["labels"][0][by_prefixes["labels"][0] >= 0]).count("<|im_end|>") == 2
+
+
+def test_a_sample_whose_labels_cannot_be_placed_follows_the_policy(processor, monkeypatch):
+    refuse_alignment(monkeypatch)
+    real = Collator._prefix_ids
+
+    def inconsistent(self, p, text, n_images):  # a processor that tokenises the long record's prefixes differently
+        ids = real(self, p, text, n_images)
+        return [t + 1 for t in ids] if p.record["id"] == "odd" else ids
+
+    monkeypatch.setattr(Collator, "_prefix_ids", inconsistent)
     odd, ok = record("odd", "A much longer question " * 20, "A."), record("ok", "Q?", "A.")
     batch = Collator(processor, GROUPS, 512, "skip")([odd, ok])
     assert batch["sample_ids"] == ["ok"]

@@ -3,7 +3,10 @@
 Labels come from the processor's own chat template: the characters of each assistant turn are
 found by rendering the conversation prefixes, mapped to tokens of the unexpanded text through
 offsets, and carried onto the processor's expanded ids (image placeholders become many image
-tokens) by subsequence alignment. No token ids or templates are written per model.
+tokens) by subsequence alignment. Where expanding images changes how the text around them
+tokenises (templates that wrap images in markers or newlines), the alignment fails and the turn
+boundaries are found by running the processor itself on the conversation prefixes, with their
+images. No token ids or templates are written per model.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class _Prepared:
     supervised: list[bool]
     # Whether the tokenizer adds its special tokens (BOS), as the processor's own chat path decides.
     add_special_tokens: bool
+    # Per assistant turn: (text before its content, text up to its end marker, images in each prefix).
+    turns: list[tuple[str, str, int, int]]
 
 
 def to_hf_messages(messages: list[dict]) -> list[dict]:
@@ -53,7 +58,7 @@ def to_hf_messages(messages: list[dict]) -> list[dict]:
 
 
 def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and return it with the character spans of every assistant turn.
+    """Render the conversation and return it with the character spans of every assistant turn (start, end).
 
     A span is the turn's content and its end-of-turn marker; template whitespace after the
     marker (the newline after `<|im_end|>`) is not part of it, so it is never supervised.
@@ -98,6 +103,15 @@ def align(expanded: list[int], unexpanded: list[int]) -> list[int]:
     if j != len(unexpanded):
         raise ValueError("the processor's token ids do not contain the chat text's tokens in order")
     return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def padded_copy(processor, side: str):
@@ -202,12 +216,17 @@ class Collator:
 
     def _prepare(self, record: dict) -> _Prepared:
         images = [load_image(p) for p in record["images"]]
-        text, spans = assistant_spans(self.processor, to_hf_messages(record["messages"]))
+        messages = to_hf_messages(record["messages"])
+        text, spans = assistant_spans(self.processor, messages)
         special = adds_special_tokens(self.tokenizer, text)
         enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
         # Special tokens the tokenizer adds have empty offsets and are never supervised.
         supervised = [b > a and any(lo <= a < hi for lo, hi in spans) for a, b in enc["offset_mapping"]]
-        return _Prepared(record, images, text, list(enc["input_ids"]), supervised, special)
+        # Images come in message order, so a prefix that ends in message i holds the images of messages before it.
+        seen = [sum(part["type"] == "image" for m in messages[:i] for part in m["content"]) for i in range(len(messages) + 1)]
+        assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        turns = [(text[:lo], text[:hi], seen[i], seen[i + 1]) for i, (lo, hi) in zip(assistant, spans)]
+        return _Prepared(record, images, text, list(enc["input_ids"]), supervised, special, turns)
 
     def _encode(self, prepared: list[_Prepared], skipped: list[dict]) -> dict:
         while True:
@@ -270,6 +289,27 @@ class Collator:
             return str(e).splitlines()[0] or type(e).__name__
         return ""
 
+    def _supervised_by_prefixes(self, p: _Prepared, expanded: list[int]) -> list[bool]:
+        """Supervised flags of the expanded ids, each assistant turn located by processing the prefixes around it.
+
+        A turn starts where the processed prefix before its content stops matching the whole
+        sample's ids (a token merging prompt and answer counts as answer) and ends with the
+        processed prefix that closes it.
+        """
+        flags = [False] * len(expanded)
+        for before, upto, n_before, n_upto in p.turns:
+            start = _common_prefix(self._prefix_ids(p, before, n_before), expanded)
+            end = _common_prefix(self._prefix_ids(p, upto, n_upto), expanded)
+            if end <= start:
+                raise ValueError("an assistant turn has no tokens of its own when the conversation's prefixes are processed")
+            flags[start:end] = [True] * (end - start)
+        return flags
+
+    def _prefix_ids(self, p: _Prepared, text: str, n_images: int) -> list[int]:
+        images = [p.images[:n_images]] if n_images else None
+        out = self.processor(text=[text], images=images, add_special_tokens=p.add_special_tokens, return_tensors="pt")
+        return out["input_ids"][0].tolist()
+
     def _labels(self, out, prepared: list[_Prepared]):
         ids = out["input_ids"]
         labels = torch.full_like(ids, IGNORE_INDEX)
@@ -279,11 +319,16 @@ class Collator:
             expanded = ids[row, :n].tolist()
             try:
                 mapping = align(expanded, p.ids)
-            except ValueError as e:
-                keep.append(False)
-                reasons.append(f"labels cannot be placed on the processor's tokens: {e}")
-                continue
-            image_pos = [k for k, j in enumerate(mapping) if j < 0 or p.ids[j] in self.image_token_ids]
+                flags = [j >= 0 and p.supervised[j] for j in mapping]
+                image_pos = [k for k, j in enumerate(mapping) if j < 0 or p.ids[j] in self.image_token_ids]
+            except ValueError:
+                try:
+                    flags = self._supervised_by_prefixes(p, expanded)
+                except ValueError as e:
+                    keep.append(False)
+                    reasons.append(f"labels cannot be placed on the processor's tokens: {e}")
+                    continue
+                image_pos = [k for k, t in enumerate(expanded) if t in self.image_token_ids]
             if n > self.max_length and not self.truncate:
                 keep.append(False)
                 reasons.append(f"{n} tokens (images expanded), over data.max_length={self.max_length} (or set data.truncate=true)")
@@ -292,8 +337,8 @@ class Collator:
                 keep.append(False)
                 reasons.append(f"truncation to data.max_length={self.max_length} would cut image tokens (sample has {n} tokens)")
                 continue
-            for k, j in enumerate(mapping[: self.max_length]):
-                if j >= 0 and p.supervised[j]:
+            for k, flag in enumerate(flags[: self.max_length]):
+                if flag and expanded[k] not in self.image_token_ids:
                     labels[row, k] = expanded[k]
             # Position 0 is never predicted, so it does not count as a supervised token.
             if not bool((labels[row, 1 : self.max_length] != IGNORE_INDEX).any()):
