@@ -7,6 +7,7 @@ tokenizer and chat template, saved with save_pretrained and loaded like a hub ch
 from __future__ import annotations
 
 import os
+import tempfile
 
 from transformers import AutoTokenizer
 
@@ -42,7 +43,63 @@ def llava_next(tokenizer):
     return LlavaNextForConditionalGeneration(config), processor
 
 
-BUILDERS = {"tiny-llava-next": llava_next}
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "<start_of_turn>{{ role }}\n"
+    "{% if m['content'] is string %}{{ m['content'] | trim }}"
+    "{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<start_of_image>{% elif c['type'] == 'text' %}{{ c['text'] | trim }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def gemma3(tokenizer):
+    """Gemma 3: the template writes BOS, images expand to `\\n\\n<start_of_image>` + soft tokens + `<end_of_image>\\n\\n`
+    (newlines that tokenise differently next to the text), and token_type_ids switch on bidirectional image attention."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig, SiglipVisionConfig
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    named = {"image_token": "<image_soft_token>", "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>"}
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>", *named.values()]})
+    # Gemma's vocabulary has tokens for runs of newlines, so the text around an expanded image tokenises differently.
+    tokenizer.add_tokens(["\n\n", "\n\n\n"])
+    with tempfile.TemporaryDirectory() as tmp:  # named special tokens (tokenizer.boi_token, ...) are set when a tokenizer loads
+        tokenizer.save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, extra_special_tokens=named)
+    text = {**_text(tokenizer), "head_dim": 16, "eos_token_id": tokenizer.convert_tokens_to_ids("<end_of_turn>")}
+    config = Gemma3Config(
+        text_config=Gemma3TextConfig(**text),
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
+        mm_tokens_per_image=4,
+        boi_token_index=tokenizer.boi_token_id,
+        eoi_token_index=tokenizer.eoi_token_id,
+        image_token_index=tokenizer.image_token_id,
+    )
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer, chat_template=GEMMA3_TEMPLATE,
+        image_seq_length=4,
+    )
+    return Gemma3ForConditionalGeneration(config), processor
+
+
+BUILDERS = {"tiny-llava-next": llava_next, "tiny-gemma3": gemma3}
+
+
+def chat_markers(path: str) -> tuple[str, str]:
+    """(end-of-turn token, assistant generation prompt) of a tiny model's chat template."""
+    if os.path.basename(path) == "tiny-gemma3":
+        return "<end_of_turn>", "<start_of_turn>model"
+    return "<|im_end|>", "<|im_start|>assistant"
+
+
+def image_token_id(path: str) -> int:
+    """The id of the tokens an image expands to, from the model's config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return next(v for v in (getattr(config, "image_token_id", None), getattr(config, "image_token_index", None)) if isinstance(v, int))
 
 
 def ensure_family(name: str, cache_dir: str, tokenizer_from: str) -> str:

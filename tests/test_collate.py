@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import png, record
+from families import chat_markers, image_token_id
 from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, align, assistant_spans, to_hf_messages
 from curriculum.model.load import load_processor
 
@@ -25,12 +26,13 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     multi["messages"] += [{"role": "user", "content": "And a triangle?"}, {"role": "assistant", "content": "Three."}]
     batch = Collator(processor, GROUPS, 512, "error")([record("i", "<image>\nWhat colour?", "Red.", [img]), multi])
     # The answer and the end-of-turn token; not the template's newline after it.
-    assert supervised_text(processor, batch, 0) == "Red.<|im_end|>"
-    assert supervised_text(processor, batch, 1) == "Four.<|im_end|>Three.<|im_end|>"
+    end, _ = chat_markers(arch)
+    assert supervised_text(processor, batch, 0) == f"Red.{end}"
+    assert supervised_text(processor, batch, 1) == f"Four.{end}Three.{end}"
     assert batch["group_ids"].tolist() == [0, 1]
     assert batch["sample_ids"] == ["i", "m"]
     # The image-text row carries the model's expanded image tokens; nothing of the prompt is supervised.
-    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    image_id = image_token_id(arch)
     assert (batch["input_ids"][0] == image_id).sum() > 1
     assert (batch["labels"][0][batch["input_ids"][0] == image_id] == IGNORE_INDEX).all()
 
