@@ -192,6 +192,13 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     old = validate(base_raw, check=False)
     new_raw = apply_overrides(base_raw, overrides)
     new = validate(new_raw)
+    sharded = new.trainer.strategy == "fsdp"
+    if sharded != is_sharded_checkpoint(ckpt):
+        kind = "a folder of per-rank shards (trainer.strategy=fsdp)" if not sharded else "one file (a run without trainer.strategy=fsdp)"
+        raise ConfigError(
+            f"resume={cfg.resume}: trainer.strategy={new.trainer.strategy} cannot continue from {ckpt}, which is {kind}; "
+            f"resume with the run's own trainer.strategy={old.trainer.strategy}."
+        )
     done, data_fingerprint = checkpoint_position(ckpt)
     pin_started_ramps(old, new, done)
     a, b = flatten(OmegaConf.to_container(OmegaConf.structured(old))), flatten(OmegaConf.to_container(OmegaConf.structured(new)))

@@ -111,3 +111,15 @@ def test_a_sharded_run_resumes_exactly_and_exports_a_full_model(tmp_path, cache_
     )
     out = exported["run"].generate(**inputs, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_a_resume_across_file_and_sharded_checkpoints_is_refused_in_one_sentence(tmp_path):
+    from curriculum.config import ConfigError, validate
+    from curriculum.resume import apply_overrides, prepare, saved_config
+    from test_resume import fake_run
+
+    run = fake_run(tmp_path, 3)  # a one-process run: last.ckpt is one file
+    cfg = validate(apply_overrides(saved_config(run), [f"resume={run}"]))
+    cfg.resume = str(run)
+    with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp cannot continue from .*last.ckpt, which is one file .*; resume with the run's own trainer.strategy=auto"):
+        prepare(cfg, str(run), ["trainer.strategy=fsdp"])
