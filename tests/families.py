@@ -11,7 +11,7 @@ import tempfile
 
 from transformers import AutoTokenizer
 
-from curriculum.model.builtin import _CHAT_TEMPLATE
+from curriculum.model.builtin import _CHAT_TEMPLATE, _tiny_idefics3
 
 
 def _text(tokenizer) -> dict:
@@ -84,7 +84,17 @@ def gemma3(tokenizer):
     return Gemma3ForConditionalGeneration(config), processor
 
 
-BUILDERS = {"tiny-llava-next": llava_next, "tiny-gemma3": gemma3}
+def idefics3_split(tokenizer):
+    """Idefics3 with image splitting on: an image becomes 2x2 tiles plus the whole image (a variable number of
+    images per sample, 5-D pixel_values + pixel_attention_mask) and the text gains <row_r_col_c> markers."""
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"]})
+    model, processor = _tiny_idefics3(tokenizer)
+    processor.image_processor.do_image_splitting = True
+    processor.image_processor.size = {"longest_edge": 64}  # tiles of max_image_size (32): a 32 px image splits into 2x2
+    return model, processor
+
+
+BUILDERS = {"tiny-llava-next": llava_next, "tiny-gemma3": gemma3, "tiny-idefics3-split": idefics3_split}
 
 
 def chat_markers(path: str) -> tuple[str, str]:

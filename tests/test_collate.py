@@ -204,3 +204,15 @@ def test_processor_kwargs_reach_the_processor_and_its_export(llava_path, tmp_pat
     assert processor.image_processor.do_resize is False
     processor.save_pretrained(tmp_path)
     assert AutoProcessor.from_pretrained(tmp_path).image_processor.do_resize is False
+
+
+def test_idefics3_image_splitting_gives_tiles_markers_and_padded_tiles_for_text_rows(cache_dir, llava_path, tmp_path):
+    from families import ensure_family
+
+    processor = load_processor(ensure_family("tiny-idefics3-split", cache_dir, llava_path))
+    batch = Collator(processor, GROUPS, 512, "error")([record("i", "<image>\nWhat colour?", "Red.", [png(tmp_path / "a.png")]), record("t", "Q?", "A.")])
+    # 2x2 tiles and the whole image; the text-only row gets empty tiles that pixel_attention_mask switches off.
+    assert tuple(batch["pixel_values"].shape[:2]) == (2, 5)
+    assert batch["pixel_attention_mask"][0].any() and not batch["pixel_attention_mask"][1].any()
+    assert "<row_2_col_2>" in processor.tokenizer.decode(batch["input_ids"][0])
+    assert supervised_text(processor, batch, 0) == "Red.<|im_end|>"
