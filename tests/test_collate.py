@@ -216,3 +216,19 @@ def test_idefics3_image_splitting_gives_tiles_markers_and_padded_tiles_for_text_
     assert batch["pixel_attention_mask"][0].any() and not batch["pixel_attention_mask"][1].any()
     assert "<row_2_col_2>" in processor.tokenizer.decode(batch["input_ids"][0])
     assert supervised_text(processor, batch, 0) == "Red.<|im_end|>"
+
+
+def test_a_conversation_the_chat_template_refuses_follows_the_policy(processor):
+    processor.chat_template = (
+        "{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{{ c['text'] }}{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    twice = record("twice", "Q?", "A.")
+    twice["messages"].insert(0, {"role": "user", "content": "Hello."})
+    batch = Collator(processor, GROUPS, 512, "skip")([twice, record("ok", "Q?", "A.")])
+    assert batch["sample_ids"] == ["ok"]
+    assert batch["skipped"][0]["reason"] == "the chat template cannot render it: Conversation roles must alternate user/assistant/user/assistant/..."
+    with pytest.raises(SampleError, match=r"record twice \(test.jsonl\): the chat template cannot render it"):
+        Collator(processor, GROUPS, 512, "error")([twice])

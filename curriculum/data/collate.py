@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+from jinja2 import TemplateError
 
 from curriculum.data.images import ImageError, load_image
 from curriculum.data.records import IMAGE_TOKEN
@@ -217,7 +218,10 @@ class Collator:
     def _prepare(self, record: dict) -> _Prepared:
         images = [load_image(p) for p in record["images"]]
         messages = to_hf_messages(record["messages"])
-        text, spans = assistant_spans(self.processor, messages)
+        try:
+            text, spans = assistant_spans(self.processor, messages)
+        except (TemplateError, ValueError) as e:  # e.g. a template that requires alternating roles or a system turn
+            raise SampleError(f"the chat template cannot render it: {str(e).splitlines()[0]}") from None
         special = adds_special_tokens(self.tokenizer, text)
         enc = self.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
         # Special tokens the tokenizer adds have empty offsets and are never supervised.
