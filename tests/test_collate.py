@@ -31,6 +31,12 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     assert supervised_text(processor, batch, 1) == f"Four.{end}Three.{end}"
     assert batch["group_ids"].tolist() == [0, 1]
     assert batch["sample_ids"] == ["i", "m"]
+    # The training ids start as the processor's own generation prompt does: BOS exactly as there, never doubled.
+    ids = batch["input_ids"][1].tolist()
+    prompt = processor.apply_chat_template(to_hf_messages(multi["messages"][:1]), add_generation_prompt=True, tokenize=True, return_dict=True)
+    generation_ids = list(prompt["input_ids"][0] if isinstance(prompt["input_ids"][0], list) else prompt["input_ids"])
+    assert ids[: len(generation_ids)] == generation_ids
+    assert ids.count(processor.tokenizer.bos_token_id) <= 1
     # The image-text row carries the model's expanded image tokens; nothing of the prompt is supervised.
     image_id = image_token_id(arch)
     assert (batch["input_ids"][0] == image_id).sum() > 1
