@@ -238,3 +238,21 @@ def test_a_conversation_the_chat_template_refuses_follows_the_policy(processor):
     assert batch["skipped"][0]["reason"] == "the chat template cannot render it: Conversation roles must alternate user/assistant/user/assistant/..."
     with pytest.raises(SampleError, match=r"record twice \(test.jsonl\): the chat template cannot render it"):
         Collator(processor, GROUPS, 512, "error")([twice])
+
+
+def test_a_record_with_two_images_collates_and_trains_on_every_family(arch, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
+
+    processor = load_processor(arch)
+    images = [png(tmp_path / "a.png"), png(tmp_path / "b.png", color=(0, 0, 255), size=(48, 32))]
+    two = record("two", "<image>\n<image>\nWhich is red?", "The first.", images)
+    batch = Collator(processor, GROUPS, 1024, "error")([two, record("t", "Q?", "A.")])
+    end, _ = chat_markers(arch)
+    assert supervised_text(processor, batch, 0) == f"The first.{end}"
+    assert (batch["labels"][0][batch["input_ids"][0] == image_token_id(arch)] == IGNORE_INDEX).all()
+    model = AutoModelForImageTextToText.from_pretrained(arch)
+    token_loss, rows = supervised_token_losses(model, {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}, batch["labels"])
+    token_loss.sum().backward()
+    assert torch.isfinite(token_loss).all() and set(rows.tolist()) == {0, 1}
