@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from pathlib import Path
 
 import torch
 from pytorch_lightning.strategies import ModelParallelStrategy
 
 from curriculum.resume import META
+
 
 def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks of a model: the entries of each ModuleList of one class of parameterised modules, outermost lists only.
