@@ -69,6 +69,11 @@ def build_vision_dummy(cfg: RunConfig, processor, model) -> VisionDummy | None:
     """The recipe's vision dummy: none when not needed; the whole tower when parameters are sharded."""
     if not needs_vision_dummy(cfg):
         return None
+    if shards_parameters(cfg) and not hasattr(model, "get_image_features"):
+        raise ConfigError(
+            f"trainer.strategy=fsdp does not support {type(model).__name__} yet: its language model reads images through "
+            "cross-attention layers, which a text-only rank cannot run inside the same sharded forward; use trainer.strategy=ddp."
+        )
     return VisionDummy(vision_dummy_inputs(processor, model), full_tower=shards_parameters(cfg))
 
 

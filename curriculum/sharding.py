@@ -14,9 +14,10 @@ from curriculum.resume import META
 
 
 def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of a model: the entries of each ModuleList of one class of parameterised modules, outermost lists only.
+    """The repeated blocks of a model: the parameterised entries of each ModuleList, outermost lists only.
 
-    Decoder layers and vision encoder blocks are such lists in every transformers family, so this
+    Decoder layers and vision encoder blocks are such lists in every transformers family (of two
+    classes in Mllama, whose cross-attention layers sit between its self-attention ones), so this
     finds them without a per-family class list (transformers' `_no_split_modules` names
     attention or embedding classes in some families, which are not the units to shard).
     """
@@ -26,7 +27,7 @@ def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
         if id(module) in inside or not isinstance(module, torch.nn.ModuleList):
             continue
         entries = [m for m in module if any(True for _ in m.parameters())]
-        if not entries or len({type(m) for m in entries}) > 1:
+        if not entries:
             continue
         blocks += entries
         inside.update(id(m) for e in entries for m in e.modules())

@@ -1,13 +1,14 @@
 """2-process CPU DDP runs, started by tests/test_ddp.py; Lightning relaunches the script for rank 1.
 
-`python tests/ddp_worker.py OUT_DIR DATA_FILE CASE` with CASE:
+`python tests/ddp_worker.py OUT_DIR DATA_FILE CASE [MODEL]` with CASE:
 - `full` / `frozen`: rank 0's micro-batches have images, rank 1's are text-only; the vision tower
   trains (full vision dummy) or not (projector-only dummy); the language model is frozen in the
   first stage and trains in the second (a new DDP reducer at the boundary).
 - `fsdp`: as `frozen`, with the parameters sharded (trainer.strategy=fsdp, FSDP2 over gloo).
 - `grouped`: every optimizer step is one group across both ranks (2 x 4 samples), so some steps
   hold no image at all.
-Each rank saves its trained parameters per step and the sample ids it consumed into OUT_DIR.
+MODEL is a model folder (default: the built-in tiny LLaVA). Each rank saves its trained parameters
+per step and the sample ids it consumed into OUT_DIR.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from curriculum.recipe import build_parts, build_trainer
 HALF = {"image_text": 0.5, "text_only": 0.5}
 
 
-def config(out_dir: str, data_file: str, case: str) -> RunConfig:
+def config(out_dir: str, data_file: str, case: str, model: str | None = None) -> RunConfig:
     """The run config of a case (also used by the test for its one-process reference)."""
     if case == "grouped":
         schedule = ScheduleConfig(batching="grouped", stages={"a": StageConfig(steps=6, mix=HALF)})
@@ -48,7 +49,7 @@ def config(out_dir: str, data_file: str, case: str) -> RunConfig:
     strategy = "fsdp" if case == "fsdp" else "ddp"
     return RunConfig(
         data=DataConfig(train_files=[data_file], micro_batch_size=micro, num_workers=0),
-        model=ModelConfig(trainable=TrainableConfig(vision=vision, projector=Mode.full, language=Mode.full)),
+        model=ModelConfig(name_or_path=model or ModelConfig.name_or_path, trainable=TrainableConfig(vision=vision, projector=Mode.full, language=Mode.full)),
         schedule=schedule,
         trainer=TrainerConfig(accelerator="cpu", devices=2, strategy=strategy, val_every_n_steps=0, enable_progress_bar=False),
         checkpoint=CheckpointConfig(every_n_steps=0),
@@ -78,8 +79,8 @@ class Record(pl.Callback):
         self.steps.append({"params": self._params(pl_module), "ids": []})
 
 
-def main(out_dir: str, data_file: str, case: str) -> None:
-    cfg = config(out_dir, data_file, case)
+def main(out_dir: str, data_file: str, case: str, model: str | None = None) -> None:
+    cfg = config(out_dir, data_file, case, model)
     cfg.check()
     pl.seed_everything(cfg.seed)
     parts = build_parts(cfg, out_dir)
@@ -94,4 +95,4 @@ def main(out_dir: str, data_file: str, case: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    main(*sys.argv[1:])

@@ -28,12 +28,12 @@ def data_file(tmp_path) -> str:
     return str(path)
 
 
-def run_ddp(tmp_path, case: str) -> tuple[list, list]:
+def run_ddp(tmp_path, case: str, model: str | None = None) -> tuple[list, list]:
     data = data_file(tmp_path)
     out = tmp_path / "run"
     out.mkdir()
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tests", "ddp_worker.py"), str(out), data, case],
+        [sys.executable, os.path.join(REPO, "tests", "ddp_worker.py"), str(out), data, case, *([model] if model else [])],
         capture_output=True, text=True, timeout=240, cwd=str(tmp_path),  # a collective mismatch hangs
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -82,3 +82,19 @@ def test_two_ranks_match_one_process_and_image_less_steps_leave_the_projector(tm
         projector_moved = any(not torch.equal(before["params"][n], after["params"][n]) for n in final if "multi_modal_projector" in n)
         assert projector_moved == (not text_only)
     assert text_steps
+
+
+@pytest.mark.slow
+def test_a_cross_attention_family_with_a_text_only_rank_completes_with_identical_parameters(tmp_path, cache_dir, llava_path):
+    """Mllama's cross-attention layers see no image on a text-only rank; its zero-weight pass is a whole forward."""
+    from families import ensure_family
+
+    model = ensure_family("tiny-mllama", cache_dir, llava_path)
+    (s0, s1), (seen0, seen1) = run_ddp(tmp_path, "frozen", model)
+    assert seen0 and all(s.startswith("img") for s in seen0)
+    assert seen1 and all(s.startswith("txt") for s in seen1)
+    initial, final = s0[0]["params"], s0[-1]["params"]
+    for name in final:
+        assert torch.equal(final[name], s1[-1]["params"][name]), name
+    changed = [n for n in final if not torch.equal(final[n], initial[n])]
+    assert any("cross_attn" in n for n in changed) and any("multi_modal_projector" in n for n in changed)

@@ -40,7 +40,7 @@ def generate(model, processor, with_image: bool) -> tuple[int, int]:
     return inputs["input_ids"].shape[1], out.shape[1]
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3", "tiny-llava-next", "tiny-gemma3", "tiny-idefics3-split", "tiny-aya-vision"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3", "tiny-llava-next", "tiny-gemma3", "tiny-idefics3-split", "tiny-aya-vision", "tiny-mllama"])
 def test_train_and_export_full_model(name, cache_dir, shapes, tmp_path):
     if name in BUILDERS:
         base_path = ensure_family(name, cache_dir, resolve_model_path("builtin:tiny-llava", cache_dir))

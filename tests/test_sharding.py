@@ -24,10 +24,11 @@ def test_the_wrap_policy_finds_every_decoder_layer_and_vision_block(arch):
     names = {id(m): n for n, m in model.named_modules()}
     blocks = [names[id(b)] for b in block_modules(model)]
     text, vision = model.config.text_config, model.config.vision_config
-    assert len(blocks) == text.num_hidden_layers + vision.num_hidden_layers, blocks
+    vision_layers = vision.num_hidden_layers + getattr(vision, "num_global_layers", 0)  # Mllama adds global layers
+    assert len(blocks) == text.num_hidden_layers + vision_layers, blocks
     by_component = {c: [b for b in blocks if component_of(b + ".x") == c] for c in ("vision", "language")}
     assert len(by_component["language"]) == text.num_hidden_layers
-    assert len(by_component["vision"]) == vision.num_hidden_layers
+    assert len(by_component["vision"]) == vision_layers
 
 
 def test_a_checkpoint_swap_killed_at_any_point_leaves_a_whole_checkpoint(tmp_path):
@@ -123,3 +124,16 @@ def test_a_resume_across_file_and_sharded_checkpoints_is_refused_in_one_sentence
     cfg.resume = str(run)
     with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp cannot continue from .*last.ckpt, which is one file .*; resume with the run's own trainer.strategy=auto"):
         prepare(cfg, str(run), ["trainer.strategy=fsdp"])
+
+
+def test_a_cross_attention_family_is_refused_with_fsdp_in_one_sentence(cache_dir, llava_path):
+    from families import ensure_family
+
+    from curriculum.config import ConfigError, RunConfig, TrainerConfig
+    from curriculum.model.load import load_processor
+    from curriculum.recipe import build_vision_dummy
+
+    path = ensure_family("tiny-mllama", cache_dir, llava_path)
+    cfg = RunConfig(trainer=TrainerConfig(strategy="fsdp", devices=2, accelerator="cpu"))
+    with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp does not support MllamaForConditionalGeneration yet: .*; use trainer.strategy=ddp."):
+        build_vision_dummy(cfg, load_processor(path), AutoModelForImageTextToText.from_pretrained(path))

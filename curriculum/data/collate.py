@@ -268,8 +268,9 @@ class Collator:
         batch["input_ids"] = batch["input_ids"][:, :width]
         batch["attention_mask"] = batch["attention_mask"][:, :width]
         batch["labels"] = labels[:, :width]
-        for k in ("token_type_ids", "mm_token_type_ids"):
-            if k in batch and batch[k].dim() == 2:
+        # Per-token inputs beside the ids (Mllama's cross_attention_mask is [rows, tokens, images, tiles]).
+        for k in ("token_type_ids", "mm_token_type_ids", "cross_attention_mask"):
+            if k in batch and batch[k].dim() >= 2:
                 batch[k] = batch[k][:, :width]
         batch["group_ids"] = torch.tensor([self.group_index[p.record["group"]] for p in prepared], dtype=torch.long)
         batch["sample_ids"] = [p.record["id"] for p in prepared]

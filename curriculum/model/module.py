@@ -31,10 +31,18 @@ NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group
 
 
 def vision_dummy_inputs(processor, model) -> dict:
-    """Smallest valid image input for `model.get_image_features`, built by the model's own processor."""
+    """Smallest valid image input for `model.get_image_features`, built by the model's own processor.
+
+    A family without that method reads images inside its language model (Mllama's cross-attention
+    layers): its dummy is a whole one-image sample, run through the model's forward.
+    """
     size = getattr(getattr(model.config, "vision_config", None), "image_size", 32)
     size = size if isinstance(size, int) else 32
-    pixels = dict(processor.image_processor(images=[Image.new("RGB", (size, size))], return_tensors="pt"))
+    image = Image.new("RGB", (size, size))
+    if not hasattr(model, "get_image_features"):
+        sample = processor(text=[processor.image_token], images=[[image]], return_tensors="pt")
+        return {k: v for k, v in sample.items() if isinstance(v, torch.Tensor)}
+    pixels = dict(processor.image_processor(images=[image], return_tensors="pt"))
     accepted = inspect.signature(model.get_image_features).parameters
     return {k: v for k, v in pixels.items() if k in accepted and isinstance(v, torch.Tensor)}
 
@@ -68,6 +76,9 @@ class VisionDummy:
         if self._loose is None:
             self._loose = _loose_projector_parameters(model)
         loose = _zero_sum([model.get_parameter(name) for name in self._loose])
+        if not hasattr(model, "get_image_features"):
+            # Cross-attention layers of the language model read the image too: they need the whole forward.
+            return loose + _zero_sum(model(**self._inputs_on(device, dtype), use_cache=False).logits)
         if not (tower_trains or self.full_tower):
             if self._placed != (device, dtype):
                 self._projector_calls = _projector_calls(model, self._inputs_on(device, dtype))
