@@ -12,7 +12,7 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-from families import BUILDERS, ensure_family
+from families import BUILDERS, MATRIX, ensure_family
 from curriculum.config import OptimConfig, RunConfig, ScheduleConfig, StageConfig
 from curriculum.data.builtin import ensure_shapes
 from curriculum.schedule.stages import compile_schedule
@@ -47,7 +47,7 @@ def shapes(cache_dir):
     return built_once(cache_dir, lambda: ensure_shapes(cache_dir))
 
 
-@pytest.fixture(scope="session", params=["tiny-llava", "tiny-idefics3", "tiny-llava-next", "tiny-gemma3", "tiny-idefics3-split", "tiny-aya-vision", "tiny-mllama"])
+@pytest.fixture(scope="session", params=MATRIX)
 def arch(request, cache_dir, shapes) -> str:
     """Folder of a tiny model: the two built-ins, then further families (tests/families.py)."""
     if request.param in BUILDERS:

@@ -160,6 +160,8 @@ def mllama(tokenizer):
 
 BUILDERS = {"tiny-llava-next": llava_next, "tiny-gemma3": gemma3, "tiny-idefics3-split": idefics3_split, "tiny-aya-vision": aya_vision,
             "tiny-mllama": mllama}
+# The test matrix (the `arch` fixture): the two built-in models, then the families above.
+MATRIX = ["tiny-llava", "tiny-idefics3", *BUILDERS]
 
 
 def chat_markers(path: str) -> tuple[str, str]:

@@ -13,7 +13,6 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from curriculum.config import DataConfig, EvalConfig, LoraConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
 from conftest import one_stage
-from families import BUILDERS, ensure_family
 from curriculum.cli.evaluate import run as evaluate_folder
 from curriculum.model.load import resolve_model_path
 from curriculum.recipe import train
@@ -40,12 +39,8 @@ def generate(model, processor, with_image: bool) -> tuple[int, int]:
     return inputs["input_ids"].shape[1], out.shape[1]
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-idefics3", "tiny-llava-next", "tiny-gemma3", "tiny-idefics3-split", "tiny-aya-vision", "tiny-mllama"])
-def test_train_and_export_full_model(name, cache_dir, shapes, tmp_path):
-    if name in BUILDERS:
-        base_path = ensure_family(name, cache_dir, resolve_model_path("builtin:tiny-llava", cache_dir))
-    else:
-        base_path = resolve_model_path(f"builtin:{name}", cache_dir)
+def test_train_and_export_full_model(arch, cache_dir, shapes, tmp_path):
+    base_path = arch
     cfg = quick_config(cache_dir, ModelConfig(name_or_path=base_path))
     cfg.eval = EvalConfig(generate=True, max_new_tokens=4, max_samples_per_group=3)
     train(cfg, str(tmp_path))
