@@ -256,3 +256,20 @@ def test_a_record_with_two_images_collates_and_trains_on_every_family(arch, tmp_
     token_loss, rows = supervised_token_losses(model, {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}, batch["labels"])
     token_loss.sum().backward()
     assert torch.isfinite(token_loss).all() and set(rows.tolist()) == {0, 1}
+
+
+def test_a_sample_the_processor_refuses_with_any_error_follows_the_policy(processor, monkeypatch):
+    collator = Collator(processor, GROUPS, 512, "skip")
+    real = type(collator.processor).__call__
+
+    def picky(self, text=None, **kwargs):  # as a processor that fails on one odd sample with its own exception type
+        if any("odd" in t for t in text):
+            raise IndexError("list index out of range")
+        return real(self, text=text, **kwargs)
+
+    monkeypatch.setattr(type(collator.processor), "__call__", picky)
+    batch = collator([record("o", "An odd question?", "A."), record("ok", "Q?", "A.")])
+    assert batch["sample_ids"] == ["ok"]
+    assert batch["skipped"][0]["reason"] == "the processor refused it: list index out of range"
+    with pytest.raises(SampleError, match=r"record o \(test.jsonl\): the processor refused it: list index out of range"):
+        Collator(processor, GROUPS, 512, "error")([record("o", "An odd question?", "A.")])

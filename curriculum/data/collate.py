@@ -191,8 +191,8 @@ class Collator:
             try:
                 p = self._prepare(candidate)
                 self._check_alone(p)
-            except (ImageError, SampleError, ValueError):
-                continue  # unusable too; it is counted when it is drawn itself
+            except Exception:  # noqa: BLE001 - unusable too, for whatever reason; it is counted when it is drawn itself
+                continue
             skipped[-1]["replaced_by"] = candidate["id"]
             return p
         skipped[-1]["exhausted"] = record["group"]
@@ -236,7 +236,7 @@ class Collator:
         while True:
             try:
                 out = self._process(prepared)
-            except ValueError:
+            except Exception:  # noqa: BLE001 - processors raise ValueError, TypeError, IndexError... for one odd sample
                 # Find the samples the processor refuses on their own, count them, process the rest.
                 errors = [self._process_error(p) for p in prepared]
                 if not any(errors):
@@ -290,8 +290,8 @@ class Collator:
     def _process_error(self, p: _Prepared) -> str:
         try:
             self._process([p])
-        except ValueError as e:
-            return str(e).splitlines()[0] or type(e).__name__
+        except Exception as e:  # noqa: BLE001 - whatever the processor raises for this sample alone
+            return (str(e).splitlines() or [""])[0] or type(e).__name__
         return ""
 
     def _supervised_by_prefixes(self, p: _Prepared, expanded: list[int]) -> list[bool]:
@@ -329,7 +329,7 @@ class Collator:
             except ValueError:
                 try:
                     flags = self._supervised_by_prefixes(p, expanded)
-                except ValueError as e:
+                except Exception as e:  # noqa: BLE001 - the processor may refuse a prefix in its own way
                     keep.append(False)
                     reasons.append(f"labels cannot be placed on the processor's tokens: {e}")
                     continue
