@@ -137,3 +137,27 @@ def test_a_cross_attention_family_is_refused_with_fsdp_in_one_sentence(cache_dir
     cfg = RunConfig(trainer=TrainerConfig(strategy="fsdp", devices=2, accelerator="cpu"))
     with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp does not support MllamaForConditionalGeneration yet: .*; use trainer.strategy=ddp."):
         build_vision_dummy(cfg, load_processor(path), AutoModelForImageTextToText.from_pretrained(path))
+
+
+def test_a_sharded_rank_whose_samples_were_all_skipped_still_runs_the_whole_forward(llava_path):
+    """Sharded units gather only inside a forward, so an empty micro-batch becomes one unsupervised token, with the
+    vision pass run inside that forward: every trained parameter gets a zero gradient and nothing is learnt."""
+    from conftest import compiled
+    from curriculum.config import OptimConfig
+    from curriculum.model.load import load_processor
+    from curriculum.model.module import VisionDummy, VLMModule, vision_dummy_inputs
+
+    model = AutoModelForImageTextToText.from_pretrained(llava_path)
+    dummy = VisionDummy(vision_dummy_inputs(load_processor(llava_path), model), full_tower=True)
+    module = VLMModule(model, compiled(), OptimConfig(), vision_dummy=dummy, sharded=True)
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    empty = {"input_ids": torch.zeros(0, 0, dtype=torch.long), "group_ids": torch.zeros(0, dtype=torch.long), "sample_ids": []}
+    loss, sums = module.group_losses(empty)
+    loss.backward()
+    assert calls == [1] and loss.item() == 0.0 and not sums.any()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is None or not g.any() for g in grads.values())
+    # Every language and projector parameter, and the vision tower's (but the post-layernorm LLaVA's features skip).
+    assert all(g is not None for n, g in grads.items() if component_of(n) != "vision")
+    assert [n for n, g in grads.items() if g is None] == ["model.vision_tower.post_layernorm.weight", "model.vision_tower.post_layernorm.bias"]
