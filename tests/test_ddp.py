@@ -42,20 +42,26 @@ def run_ddp(tmp_path, case: str, model: str | None = None) -> tuple[list, list]:
     return steps, seen
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("vision", ["full", "frozen"])  # full vision dummy / projector-only dummy
-def test_mixed_modality_ddp_completes_with_identical_parameters(tmp_path, cache_dir, shapes, vision):
-    (s0, s1), (seen0, seen1) = run_ddp(tmp_path, vision)
+def changed_on_identical_ranks(s0, s1, seen0, seen1) -> list[str]:
+    """Check rank 0 trained on images only and rank 1 on text only, both ending with identical parameters; return the
+    names of the parameters that changed."""
     assert seen0 and all(s.startswith("img") for s in seen0)
     assert seen1 and all(s.startswith("txt") for s in seen1)
     initial, final = s0[0]["params"], s0[-1]["params"]
     for name in final:
         assert torch.equal(final[name], s1[-1]["params"][name]), name
-    changed = [n for n in final if not torch.equal(final[n], initial[n])]
+    return [n for n in final if not torch.equal(final[n], initial[n])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("vision", ["full", "frozen"])  # full vision dummy / projector-only dummy
+def test_mixed_modality_ddp_completes_with_identical_parameters(tmp_path, cache_dir, shapes, vision):
+    (s0, s1), (seen0, seen1) = run_ddp(tmp_path, vision)
+    changed = changed_on_identical_ranks(s0, s1, seen0, seen1)
     assert any("multi_modal_projector" in n for n in changed)
     assert any("vision_tower" in n for n in changed) == (vision == "full")
     # Frozen in `align`, trained in `blend` after the stage switch rebuilt the DDP reducer.
-    after_align = s0[1]["params"]
+    initial, final, after_align = s0[0]["params"], s0[-1]["params"], s0[1]["params"]
     assert all(torch.equal(after_align[n], initial[n]) for n in final if "language_model" in n)
     assert any("language_model" in n for n in changed)
 
@@ -91,10 +97,5 @@ def test_a_cross_attention_family_with_a_text_only_rank_completes_with_identical
 
     model = ensure_family("tiny-mllama", cache_dir, llava_path)
     (s0, s1), (seen0, seen1) = run_ddp(tmp_path, "frozen", model)
-    assert seen0 and all(s.startswith("img") for s in seen0)
-    assert seen1 and all(s.startswith("txt") for s in seen1)
-    initial, final = s0[0]["params"], s0[-1]["params"]
-    for name in final:
-        assert torch.equal(final[name], s1[-1]["params"][name]), name
-    changed = [n for n in final if not torch.equal(final[n], initial[n])]
+    changed = changed_on_identical_ranks(s0, s1, seen0, seen1)
     assert any("cross_attn" in n for n in changed) and any("multi_modal_projector" in n for n in changed)
