@@ -205,6 +205,25 @@ def test_resuming_a_complete_run_says_so_and_changes_nothing(finished_run):
     assert snapshot(finished_run) == before
 
 
+def test_a_run_killed_after_its_last_checkpoint_finishes_its_export_on_resume(finished_run, tmp_path):
+    """Killed after the final checkpoint, before "completed": resuming trains nothing and does what was left."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "status.json").write_text('{"status": "running", "reason": null}')
+    before = rows(run)
+    proc = run_cli("train", f"resume={run}", "export.enabled=true")
+    assert "is complete" not in proc.stderr
+    assert read_json(run / "status.json")["status"] == "completed" and rows(run) == before
+    saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    exported = load_file(run / "export" / "model.safetensors")
+    projector = {k.split("multi_modal_projector.")[1]: v for k, v in saved.items() if "multi_modal_projector." in k}
+    assert projector and all(torch.equal(v, exported[f"multi_modal_projector.{k}"]) for k, v in projector.items())
+
+
 def test_changes_to_the_future_are_accepted_and_recorded(finished_run):
     from curriculum.config import validate
     from curriculum.resume import apply_overrides, prepare, saved_config

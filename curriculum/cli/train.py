@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -54,7 +55,9 @@ def resume_args(args: list[str]) -> list[str]:
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     resumed = prepare(RunConfig(resume=spec), run, overrides)
     total = resumed.cfg.trainer.max_steps or resumed.cfg.schedule_steps()
-    if resumed.step >= total:
+    # A run killed after its last checkpoint but before it said "completed" still owes its final
+    # validation, export and report: resuming it does just that (training is skipped).
+    if resumed.step >= total and _status(run) == "completed":
         more = (
             "raise trainer.max_steps (or set it to null)" if resumed.cfg.trainer.max_steps else
             "lengthen a stage or add one, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
@@ -66,6 +69,14 @@ def resume_args(args: list[str]) -> list[str]:
     # The saved config is the base: its keys (e.g. stages the default config lacks) may be overridden.
     args = [f"resume={run}" if a.startswith("resume=") else _force(a) for a in args]
     return args + [f"hydra.run.dir={run}", f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d-%H%M%S')}"]
+
+
+def _status(run: str) -> str | None:
+    try:
+        with open(os.path.join(run, "status.json"), encoding="utf-8") as f:
+            return json.load(f).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def _force(arg: str) -> str:
