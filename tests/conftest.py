@@ -12,7 +12,7 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-from families import BUILDERS, MATRIX, ensure_family
+from families import BUILT, MATRIX, ensure_family
 from curriculum.config import OptimConfig, RunConfig, ScheduleConfig, StageConfig
 from curriculum.data.builtin import ensure_shapes
 from curriculum.schedule.stages import compile_schedule
@@ -49,8 +49,8 @@ def shapes(cache_dir):
 
 @pytest.fixture(scope="session", params=MATRIX)
 def arch(request, cache_dir, shapes) -> str:
-    """Folder of a tiny model: the two built-ins, then further families (tests/families.py)."""
-    if request.param in BUILDERS:
+    """Folder of a tiny model: the two built-ins, then further families (tests/families/)."""
+    if request.param in BUILT:
         return built_once(cache_dir, lambda: ensure_family(request.param, cache_dir, resolve_model_path("builtin:tiny-llava", cache_dir)))
     return built_once(cache_dir, lambda: resolve_model_path(f"builtin:{request.param}", cache_dir))
 

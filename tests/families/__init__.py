@@ -1,0 +1,99 @@
+"""The test matrix: the two built-in tiny models and tiny random checkpoints of further VLM families.
+
+Each family module (`families/<module>.py`) builds its model from the family's transformers config (hidden
+size 32, one layer) with the built-in tokenizer plus the family's special tokens and a chat template shaped like
+the family's real one, and names the template's end-of-turn token and assistant prompt. Checkpoints are saved
+with save_pretrained and loaded like hub checkpoints. The README's family table is generated from FAMILIES
+(readme_table; tests/test_readme.py holds the README to it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from dataclasses import dataclass
+
+CHATML = ("<|im_end|>", "<|im_start|>assistant")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the matrix and of the README's family table."""
+
+    name: str  # the `arch` fixture's id and the checkpoint's folder name
+    title: str
+    model_class: str
+    batch: str  # what the batch carries, for the README
+    checked: str = "all below"
+    module: str | None = None  # builder module under families/; None for a built-in model (`builtin:<name>`)
+
+
+FAMILIES = [
+    Family("tiny-llava", "LLaVA-1.5 (`builtin:tiny-llava`)", "LlavaForConditionalGeneration", "4-D `pixel_values`",
+           "all below, plus DDP and FSDP on 2 processes"),
+    Family("tiny-idefics3", "Idefics3 (`builtin:tiny-idefics3`)", "Idefics3ForConditionalGeneration", "5-D `pixel_values`, `pixel_attention_mask`"),
+    Family("tiny-idefics3-split", "Idefics3, image splitting on", "Idefics3ForConditionalGeneration",
+           "2x2 tiles + whole image, `<row_r_col_c>` markers", module="idefics3_split"),
+    Family("tiny-llava-next", "LLaVA-NeXT", "LlavaNextForConditionalGeneration",
+           "any-resolution crops, `image_sizes`; `image_newline` is a projector parameter", module="llava_next"),
+    Family("tiny-gemma3", "Gemma 3", "Gemma3ForConditionalGeneration",
+           "`token_type_ids` (bidirectional image attention); template writes BOS; images inside newline runs (labels via processed prefixes)",
+           module="gemma3"),
+    Family("tiny-aya-vision", "Aya Vision", "AyaVisionForConditionalGeneration",
+           "crops + global view on dim 0 with `TILE_n` text markers (labels via processed prefixes); template writes BOS", module="aya_vision"),
+    Family("tiny-mllama", "Llama 3.2 Vision (Mllama)", "MllamaForConditionalGeneration",
+           "6-D `pixel_values`, `aspect_ratio_ids`/`_mask`, `cross_attention_mask`; one `<\\|image\\|>` token, past the LM head's rows",
+           "all below (its zero-weight pass is a whole forward on a dummy sample, so the cross-attention layers take part), "
+           "plus DDP on 2 processes with a text-only rank; refused with `trainer=fsdp`", module="mllama"),
+]
+BY_NAME = {f.name: f for f in FAMILIES}
+MATRIX = [f.name for f in FAMILIES]
+BUILT = [f.name for f in FAMILIES if f.module]
+
+
+def _module(name: str):
+    return importlib.import_module(f"families.{BY_NAME[name].module}")
+
+
+def chat_markers(path: str) -> tuple[str, str]:
+    """(end-of-turn token, assistant generation prompt) of a tiny model's chat template."""
+    family = BY_NAME[os.path.basename(path.rstrip("/"))]
+    if family.module is None:
+        return CHATML
+    module = _module(family.name)
+    return module.END_OF_TURN, module.ASSISTANT_PROMPT
+
+
+def image_token_id(path: str) -> int:
+    """The id of the tokens an image expands to, from the model's config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return next(v for v in (getattr(config, "image_token_id", None), getattr(config, "image_token_index", None)) if isinstance(v, int))
+
+
+def ensure_family(name: str, cache_dir: str, tokenizer_from: str) -> str:
+    """Folder of the tiny `name` checkpoint (built once per cache, under a lock), with the tokenizer of `tokenizer_from`."""
+    import torch
+    from filelock import FileLock
+    from transformers import AutoTokenizer
+
+    folder = os.path.join(cache_dir, "families", name)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with FileLock(folder + ".lock"):
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            torch.manual_seed(0)
+            model, processor = _module(name).build(AutoTokenizer.from_pretrained(tokenizer_from))
+            shutil.rmtree(folder, ignore_errors=True)
+            model.save_pretrained(folder + ".tmp")
+            processor.save_pretrained(folder + ".tmp")
+            os.replace(folder + ".tmp", folder)
+    return folder
+
+
+def readme_table() -> str:
+    """The README's table of tested families."""
+    lines = ["| family | model class | what the batch carries | checked |", "|---|---|---|---|"]
+    lines += [f"| {f.title} | `{f.model_class}` | {f.batch} | {f.checked} |" for f in FAMILIES]
+    return "\n".join(lines)

@@ -1,0 +1,21 @@
+"""What the tiny family builders share."""
+
+from __future__ import annotations
+
+import tempfile
+
+from transformers import AutoTokenizer
+
+
+def text_config(tokenizer) -> dict:
+    """A one-layer language model of hidden size 32 over the tokenizer's vocabulary."""
+    return dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+
+
+def reloaded(tokenizer, **named):
+    """The tokenizer saved and loaded again with named special tokens (tokenizer.image_token, ...), which are set at load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp, extra_special_tokens=named)
