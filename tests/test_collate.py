@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import png, record
-from families import chat_markers, image_token_id
+from families import image_token_id, supervised
 from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, align, assistant_spans, to_hf_messages
 from curriculum.model.load import load_processor
 
@@ -26,15 +26,14 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     multi["messages"] += [{"role": "user", "content": "And a triangle?"}, {"role": "assistant", "content": "Three."}]
     batch = Collator(processor, GROUPS, 512, "error")([record("i", "<image>\nWhat colour?", "Red.", [img]), multi])
     # The answer and the end-of-turn token; not the template's newline after it.
-    end, _ = chat_markers(arch)
-    assert supervised_text(processor, batch, 0) == f"Red.{end}"
-    assert supervised_text(processor, batch, 1) == f"Four.{end}Three.{end}"
+    assert supervised_text(processor, batch, 0) == "".join(supervised(arch, "Red."))
+    assert supervised_text(processor, batch, 1) == "".join(supervised(arch, "Four.", "Three."))
     assert batch["group_ids"].tolist() == [0, 1]
     assert batch["sample_ids"] == ["i", "m"]
     # The training ids start as the processor's own generation prompt does: BOS exactly as there, never doubled.
     ids = batch["input_ids"][1].tolist()
     prompt = processor.apply_chat_template(to_hf_messages(multi["messages"][:1]), add_generation_prompt=True, tokenize=True, return_dict=True)
-    generation_ids = list(prompt["input_ids"][0] if isinstance(prompt["input_ids"][0], list) else prompt["input_ids"])
+    generation_ids = torch.as_tensor(prompt["input_ids"]).flatten().tolist()  # a list, a list of lists or a tensor, by processor
     assert ids[: len(generation_ids)] == generation_ids
     assert ids.count(processor.tokenizer.bos_token_id) <= 1
     # The image-text row carries the model's image tokens (one per image where cross-attention reads it); none is supervised.
@@ -154,7 +153,7 @@ def test_bos_is_handled_as_the_generation_path_does(processor):
     ids = batch["input_ids"][0].tolist()
     assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
     prompt = processor.apply_chat_template(to_hf_messages(rec["messages"][:1]), add_generation_prompt=True, tokenize=True, return_dict=True)
-    generation_ids = list(prompt["input_ids"][0] if isinstance(prompt["input_ids"][0], list) else prompt["input_ids"])
+    generation_ids = torch.as_tensor(prompt["input_ids"]).flatten().tolist()  # a list, a list of lists or a tensor, by processor
     assert ids[: len(generation_ids)] == generation_ids
     assert supervised_text(processor, batch, 0) == "4.<|im_end|>"
     # A template that writes BOS itself gets none added.
@@ -249,8 +248,7 @@ def test_a_record_with_two_images_collates_and_trains_on_every_family(arch, tmp_
     images = [png(tmp_path / "a.png"), png(tmp_path / "b.png", color=(0, 0, 255), size=(48, 32))]
     two = record("two", "<image>\n<image>\nWhich is red?", "The first.", images)
     batch = Collator(processor, GROUPS, 1024, "error")([two, record("t", "Q?", "A.")])
-    end, _ = chat_markers(arch)
-    assert supervised_text(processor, batch, 0) == f"The first.{end}"
+    assert supervised_text(processor, batch, 0) == "".join(supervised(arch, "The first."))
     assert (batch["labels"][0][batch["input_ids"][0] == image_token_id(arch)] == IGNORE_INDEX).all()
     model = AutoModelForImageTextToText.from_pretrained(arch)
     token_loss, rows = supervised_token_losses(model, {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}, batch["labels"])

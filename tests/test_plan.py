@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from curriculum.plan import print_plan
-from families import chat_markers
+from families import chat_markers, supervised
 
 
 def test_totals_keep_train_and_validation_apart():
@@ -47,8 +47,8 @@ def test_inspect_shows_what_training_sees_on_both_architectures(arch, cache_dir,
         record = table[[table[i]["id"] for i in range(len(table))].index(s["id"])]
         answers = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
         # Exactly the assistant answers, each with the template's end-of-turn token, nothing else.
-        end, prompt = chat_markers(arch)
-        assert s["supervised_text"] == "\n".join(a + end for a in answers)
+        _, prompt = chat_markers(arch)
+        assert s["supervised_text"] == "\n".join(supervised(arch, *answers))
         assert (s["image_tokens"] > 0) == (s["group"] == "image_text") and s["tokens"] > s["supervised_tokens"] > 0
         assert s["prompt_text"].count(prompt) == len(answers) and s["skip_reason"] is None
     tight = Collator(load_processor(arch), ["image_text", "text_only"], 20, "skip")

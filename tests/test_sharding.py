@@ -25,10 +25,11 @@ def test_the_wrap_policy_finds_every_decoder_layer_and_vision_block(arch):
     blocks = [names[id(b)] for b in block_modules(model)]
     text, vision = model.config.text_config, model.config.vision_config
     vision_layers = vision.num_hidden_layers + getattr(vision, "num_global_layers", 0)  # Mllama adds global layers
-    assert len(blocks) == text.num_hidden_layers + vision_layers, blocks
-    by_component = {c: [b for b in blocks if component_of(b + ".x") == c] for c in ("vision", "language")}
-    assert len(by_component["language"]) == text.num_hidden_layers
-    assert len(by_component["vision"]) == vision_layers
+    by_component = {c: [b for b in blocks if component_of(b + ".x") == c] for c in ("vision", "projector", "language")}
+    assert len(by_component["language"]) == text.num_hidden_layers, blocks
+    assert len(by_component["vision"]) == vision_layers, blocks
+    # Repeated projector modules are units too (Qwen3-VL's DeepStack mergers, one per tapped vision layer).
+    assert len(by_component["projector"]) == len(getattr(vision, "deepstack_visual_indexes", [])), blocks
 
 
 def test_a_checkpoint_swap_killed_at_any_point_leaves_a_whole_checkpoint(tmp_path):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from jinja2 import TemplateError
@@ -61,26 +61,63 @@ def to_hf_messages(messages: list[dict]) -> list[dict]:
 def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
     """Render the conversation and return it with the character spans of every assistant turn (start, end).
 
-    A span is the turn's content and its end-of-turn marker; template whitespace after the
-    marker (the newline after `<|im_end|>`) is not part of it, so it is never supervised.
+    A span is what the model writes for the turn after the generation prompt: its content and its
+    end-of-turn marker; template whitespace after the marker (the newline after `<|im_end|>`) is
+    not part of it, so it is never supervised. Templates that render a turn differently once
+    later turns follow (thinking models drop the reasoning block of earlier answers) are located
+    by rendering the whole conversation with stand-ins for that turn's content.
     """
-    text = processor.apply_chat_template(messages, tokenize=False)
+    def render(msgs: list[dict], **kwargs) -> str:
+        return processor.apply_chat_template(msgs, tokenize=False, **kwargs)
+
+    text = render(messages)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        upto = processor.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not (text.startswith(upto) and upto.startswith(before)):
-            raise ValueError(
-                "the processor's chat template does not render conversations prefix by prefix, so assistant "
-                "turns cannot be located; use a model whose template renders each turn independently"
-            )
-        end = len(upto)
-        while end > len(before) and upto[end - 1].isspace():
+        before = render(messages[:i], add_generation_prompt=True) if i else ""
+        upto = render(messages[: i + 1])
+        if text.startswith(upto) and upto.startswith(before):
+            start, end = len(before), len(upto)
+        else:
+            start, end = _span_by_stand_ins(render, messages, i, text, before, upto)
+        while end > start and text[end - 1].isspace():
             end -= 1
-        spans.append((len(before), end))
+        spans.append((start, end))
     return text, spans
+
+
+_STAND_INS = ("Xq", "Zj")  # different first and last characters: one of them always differs from the real content
+
+
+def _content_span(render: Callable, messages: list[dict], i: int, text: str) -> tuple[int, int]:
+    """Character span of message i's content in `text` (the render of `messages`): where renders with stand-ins differ."""
+    starts, ends = [], []
+    for stand_in in _STAND_INS:
+        alt = render([*messages[:i], {"role": messages[i]["role"], "content": [{"type": "text", "text": stand_in}]}, *messages[i + 1 :]])
+        lo = _common_prefix(text, alt)
+        starts.append(lo)
+        ends.append(len(text) - _common_prefix(text[lo:][::-1], alt[lo:][::-1]))
+    return min(starts), max(ends)
+
+
+def _span_by_stand_ins(render: Callable, messages: list[dict], i: int, text: str, before: str, upto: str) -> tuple[int, int]:
+    """(start, end) of assistant turn i in `text` when rendering prefixes does not reproduce the whole render.
+
+    The end marker is what the template writes after the answer when it ends the conversation; the
+    start is the end of the generation prompt where that prompt prefixes the render (the model then
+    writes whatever the template puts before the content, such as an empty thinking block), else the
+    content's own start.
+    """
+    lo, hi = _content_span(render, messages, i, text)
+    marker = upto[_content_span(render, messages[: i + 1], i, upto)[1] :].rstrip()
+    if not text.startswith(marker, hi):
+        raise ValueError(
+            "the processor's chat template closes an assistant turn differently when it ends the conversation and when "
+            "more turns follow, so the turn's end cannot be located"
+        )
+    start = len(before) if text.startswith(before) and len(before) <= lo else lo
+    return start, hi + len(marker)
 
 
 def adds_special_tokens(tokenizer, text: str) -> bool:
@@ -106,7 +143,7 @@ def align(expanded: list[int], unexpanded: list[int]) -> list[int]:
     return out
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _common_prefix(a: Sequence, b: Sequence) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:

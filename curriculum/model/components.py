@@ -13,8 +13,9 @@ from curriculum.config import COMPONENTS, ConfigError, LoraConfig, Mode, Trainab
 # Qwen2-VL, Idefics3/SmolVLM, PaliGemma, Gemma3, Mistral3, MiniCPM-V). The projector is matched
 # first because some families nest it inside the vision module (Qwen2-VL's `visual.merger`).
 _MARKERS = {
-    # LLaVA-NeXT/OneVision's image_newline is a learned embedding appended to image features.
-    "projector": r"multi_modal_projector|mm_projector|connector|merger|resampler|vision_projection|image_newline",
+    # LLaVA-NeXT/OneVision's image_newline is a learned embedding appended to image features; Qwen3-VL's
+    # DeepStack mergers project features of inner vision layers into the language model, as its merger does.
+    "projector": r"multi_modal_projector|mm_projector|connector|merger|deepstack_merger_list|resampler|vision_projection|image_newline",
     "vision": r"vision_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
     "language": r"language_model|text_model|lm_head|llm|embed_tokens",
 }

@@ -46,6 +46,24 @@ FAMILIES = [
            "6-D `pixel_values`, `aspect_ratio_ids`/`_mask`, `cross_attention_mask`; one `<\\|image\\|>` token, past the LM head's rows",
            "all below (its zero-weight pass is a whole forward on a dummy sample, so the cross-attention layers take part), "
            "plus DDP on 2 processes with a text-only rank; refused with `trainer=fsdp`", module="mllama"),
+    Family("tiny-qwen2-vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration",
+           "flattened patches of every image concatenated + `image_grid_thw` (3-D mRoPE positions), `mm_token_type_ids`; "
+           "template adds a default system prompt", module="qwen2_vl"),
+    Family("tiny-qwen2.5-vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration",
+           "as Qwen2-VL, windowed-attention vision tower (without `mm_token_type_ids` it silently falls back to 1-D positions)",
+           module="qwen2_5_vl"),
+    Family("tiny-qwen3-vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration",
+           "as Qwen2-VL, interleaved mRoPE and DeepStack features; no default system prompt", module="qwen3_vl"),
+    Family("tiny-llava-onevision", "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration",
+           "any-resolution crops, `image_sizes`, `batch_num_images`; SigLIP features in full; images first in a turn", module="llava_onevision"),
+    Family("tiny-smolvlm", "SmolVLM", "SmolVLMForConditionalGeneration",
+           "tiles + global view (5-D `pixel_values`, `pixel_attention_mask`), row/column markers; `User:`/`Assistant:` turns, "
+           "answers start with a space", module="smolvlm"),
+    Family("tiny-internvl", "InternVL 3", "InternVLForConditionalGeneration",
+           "tiles concatenated on dim 0 (count varies with aspect ratio), `<img>`/`</img>` around `<IMG_CONTEXT>` tokens", module="internvl"),
+    Family("tiny-mistral3", "Mistral 3 / Pixtral", "Mistral3ForConditionalGeneration",
+           "`pixel_values` padded to the largest image + `image_sizes`; `[IMG]` rows split by `[IMG_BREAK]`; template writes BOS and a "
+           "default system prompt; no generation prompt (answers follow `[/INST]`)", module="mistral3"),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}
 MATRIX = [f.name for f in FAMILIES]
@@ -63,6 +81,15 @@ def chat_markers(path: str) -> tuple[str, str]:
         return CHATML
     module = _module(family.name)
     return module.END_OF_TURN, module.ASSISTANT_PROMPT
+
+
+def supervised(path: str, *answers: str) -> list[str]:
+    """What the labels of each assistant answer decode to: the answer (after the template's own prefix, e.g. SmolVLM's
+    space after `Assistant:`) and the end-of-turn token."""
+    family = BY_NAME[os.path.basename(path.rstrip("/"))]
+    prefix = getattr(_module(family.name), "ANSWER_PREFIX", "") if family.module else ""
+    end, _ = chat_markers(path)
+    return [f"{prefix}{a}{end}" for a in answers]
 
 
 def image_token_id(path: str) -> int:
