@@ -41,11 +41,32 @@ def load_processor(path: str, kwargs: dict | None = None):
     """The model's processor (tokenizer, image processor, chat template), with `kwargs` (model.processor_kwargs) for from_pretrained."""
     from transformers import AutoProcessor
 
+    kwargs = kwargs or {}
     with _one_line(path):
-        processor = AutoProcessor.from_pretrained(path, **(kwargs or {}))
+        processor = AutoProcessor.from_pretrained(path, **kwargs)
+        if "backend" not in kwargs and getattr(processor, "image_processor", None) is not None:
+            processor.image_processor = _pil_image_processor(path, kwargs)
     if getattr(processor, "chat_template", None) is None:
         raise ConfigError(f"model {path} has no chat template in its processor: labels need one to find assistant turns.")
     return processor
+
+
+def _pil_image_processor(path: str, kwargs: dict):
+    """The model's image processor on the PIL backend (the reference implementation), torchvision's where it has no other.
+
+    transformers 5.24's torchvision backends mis-shape some batches that mix image and text-only
+    rows (Mllama's aspect_ratio_ids lose the text-only row); video processors keep their backend.
+    `model.processor_kwargs={backend: torchvision}` chooses the other one.
+    """
+    from transformers import AutoImageProcessor
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its "falling back to torchvision" warning is expected, not news
+    try:
+        return AutoImageProcessor.from_pretrained(path, backend="pil", **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = None) -> torch.nn.Module:

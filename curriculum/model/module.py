@@ -119,7 +119,10 @@ def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
         calls.append((module, tuple(map(_detached, args)), {k: _detached(v) for k, v in kwargs.items()}))
 
     modules = dict(model.named_modules())
-    hooks = [modules[name].register_forward_pre_hook(capture, with_kwargs=True) for name in component_prefixes(model)["projector"] if name in modules]
+    projectors = [modules[name] for name in component_prefixes(model)["projector"] if name in modules]
+    # A list of projectors (Qwen3-VL's DeepStack mergers) is never called itself: its entries are.
+    called = [m for p in projectors for m in (p if isinstance(p, torch.nn.ModuleList) else [p])]
+    hooks = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in called]
     device = next(iter(inputs.values())).device
     cuda = [device.index or 0] if device.type == "cuda" else []
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 
@@ -74,9 +75,14 @@ def _module(name: str):
     return importlib.import_module(f"families.{BY_NAME[name].module}")
 
 
+def family_of(path: str) -> Family:
+    """The family of a tiny checkpoint's folder (built-in folders carry their builder version: tiny-llava-v1)."""
+    return BY_NAME[re.sub(r"-v\d+$", "", os.path.basename(path.rstrip("/")))]
+
+
 def chat_markers(path: str) -> tuple[str, str]:
     """(end-of-turn token, assistant generation prompt) of a tiny model's chat template."""
-    family = BY_NAME[os.path.basename(path.rstrip("/"))]
+    family = family_of(path)
     if family.module is None:
         return CHATML
     module = _module(family.name)
@@ -86,7 +92,7 @@ def chat_markers(path: str) -> tuple[str, str]:
 def supervised(path: str, *answers: str) -> list[str]:
     """What the labels of each assistant answer decode to: the answer (after the template's own prefix, e.g. SmolVLM's
     space after `Assistant:`) and the end-of-turn token."""
-    family = BY_NAME[os.path.basename(path.rstrip("/"))]
+    family = family_of(path)
     prefix = getattr(_module(family.name), "ANSWER_PREFIX", "") if family.module else ""
     end, _ = chat_markers(path)
     return [f"{prefix}{a}{end}" for a in answers]
