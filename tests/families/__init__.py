@@ -55,6 +55,12 @@ FAMILIES = [
            module="qwen2_5_vl"),
     Family("tiny-qwen3-vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration",
            "as Qwen2-VL, interleaved mRoPE and DeepStack features; no default system prompt", module="qwen3_vl"),
+    Family("tiny-glm4v", "GLM-4.1V", "Glm4vForConditionalGeneration",
+           "flattened patches + `image_grid_thw`, `mm_token_type_ids`; template starts `[gMASK]<sop>` and closes no turn "
+           "(the collator appends EOS to every answer, supervised)", module="glm4v"),
+    Family("tiny-lfm2-vl", "LFM2-VL", "Lfm2VlForConditionalGeneration",
+           "tiles of patches (`pixel_values` `(tiles, patches, 3·p²)`), `pixel_attention_mask`, `spatial_shapes`; template writes BOS; "
+           "conv + attention language model", module="lfm2_vl"),
     Family("tiny-llava-onevision", "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration",
            "any-resolution crops, `image_sizes`, `batch_num_images`; SigLIP features in full; images first in a turn", module="llava_onevision"),
     Family("tiny-smolvlm", "SmolVLM", "SmolVLMForConditionalGeneration",
