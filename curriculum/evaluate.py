@@ -23,6 +23,8 @@ from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+# Thinking models (Qwen3/3.5, MiniCPM-V 4.6, GLM-4.1V-Thinking) close their reasoning with this tag before answering.
+THINK_END = "</think>"
 
 
 def normalise_answer(text: str) -> str:
@@ -45,6 +47,11 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+def answer_of(generated: str) -> str:
+    """The answer in generated text: what follows a thinking block (`...</think>`) where the model wrote one."""
+    return generated.rsplit(THINK_END, 1)[-1].strip()
 
 
 def split_reference(record: dict) -> tuple[list[dict], str]:
@@ -114,7 +121,7 @@ class Evaluator:
         finally:
             self.model.train(was_training)
         texts = iter(self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
-        return [next(texts).strip() if ok else None for ok in usable]
+        return [answer_of(next(texts)) if ok else None for ok in usable]
 
     def _on_model(self, inputs: dict) -> dict:
         """Tensors moved to the model's device, floating ones in its dtype."""

@@ -30,9 +30,9 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     assert supervised_text(processor, batch, 1) == "".join(supervised(arch, "Four.", "Three."))
     assert batch["group_ids"].tolist() == [0, 1]
     assert batch["sample_ids"] == ["i", "m"]
-    # The training ids start as the processor's own generation prompt does: BOS exactly as there, never doubled.
+    # The training ids start as the processor's own generation prompt for the last answer: BOS exactly as there, never doubled.
     ids = batch["input_ids"][1].tolist()
-    prompt = processor.apply_chat_template(to_hf_messages(multi["messages"][:1]), add_generation_prompt=True, tokenize=True, return_dict=True)
+    prompt = processor.apply_chat_template(to_hf_messages(multi["messages"][:-1]), add_generation_prompt=True, tokenize=True, return_dict=True)
     generation_ids = torch.as_tensor(prompt["input_ids"]).flatten().tolist()  # a list, a list of lists or a tensor, by processor
     assert ids[: len(generation_ids)] == generation_ids
     assert ids.count(processor.tokenizer.bos_token_id) <= 1

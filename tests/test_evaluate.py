@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText
 from conftest import record
 from curriculum.data.collate import Collator
 from curriculum.data.records import load_or_build
-from curriculum.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, exact_match, normalise_answer, split_reference, token_f1
+from curriculum.evaluate import EvalSettings, Evaluator, answer_of, eval_metrics, eval_records, exact_match, normalise_answer, split_reference, token_f1
 from curriculum.model.load import load_processor
 from curriculum.model.module import NOT_MODEL_INPUTS
 
@@ -19,6 +19,11 @@ def test_answers_are_normalised_then_scored():
     assert exact_match("the circle is red.", "Circle is red") == 1.0 and exact_match("red", "blue") == 0.0
     assert token_f1("circle is red", "the circle is blue") == pytest.approx(2 / 3)  # 2 of 3 words both ways
     assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0 and token_f1("green", "red") == 0.0
+
+
+def test_the_answer_is_what_follows_a_thinking_block():
+    assert answer_of("\n</think>\n\n Red. ") == "Red." and answer_of("<think>\nhm\n</think>\n\nBlue") == "Blue"
+    assert answer_of(" Green ") == "Green"
 
 
 def test_the_last_assistant_turn_is_the_reference():
@@ -36,8 +41,9 @@ def test_eval_records_takes_the_first_of_each_group(cache_dir, shapes):
 
 
 # Overfitting takes seconds per family: the built-ins and one family per way a template hands over to the answer
-# (BOS in the template, no generation prompt, an answer after a space). Every family generates in test_recipe.
-OVERFIT = ["tiny-llava", "tiny-idefics3", "tiny-gemma3", "tiny-mistral3", "tiny-smolvlm"]
+# (BOS in the template, no generation prompt, an answer after a space, after a thinking block, no end-of-turn token).
+# Every family generates in test_recipe.
+OVERFIT = ["tiny-llava", "tiny-idefics3", "tiny-gemma3", "tiny-mistral3", "tiny-smolvlm", "tiny-qwen3.5", "tiny-glm4v"]
 
 
 @pytest.mark.parametrize("arch", OVERFIT, indirect=True)

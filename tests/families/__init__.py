@@ -55,6 +55,9 @@ FAMILIES = [
            module="qwen2_5_vl"),
     Family("tiny-qwen3-vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration",
            "as Qwen2-VL, interleaved mRoPE and DeepStack features; no default system prompt", module="qwen3_vl"),
+    Family("tiny-qwen3.5", "Qwen3.5", "Qwen3_5ForConditionalGeneration",
+           "as Qwen3-VL, linear + full attention layers; thinking template: an empty thinking block in the last answer only "
+           "(turns located with stand-in renders; the model learns to close the block after the generation prompt)", module="qwen3_5"),
     Family("tiny-glm4v", "GLM-4.1V", "Glm4vForConditionalGeneration",
            "flattened patches + `image_grid_thw`, `mm_token_type_ids`; template starts `[gMASK]<sop>` and closes no turn "
            "(the collator appends EOS to every answer, supervised)", module="glm4v"),
@@ -96,12 +99,15 @@ def chat_markers(path: str) -> tuple[str, str]:
 
 
 def supervised(path: str, *answers: str) -> list[str]:
-    """What the labels of each assistant answer decode to: the answer (after the template's own prefix, e.g. SmolVLM's
-    space after `Assistant:`) and the end-of-turn token."""
+    """What the labels of each assistant answer of one conversation decode to: the answer (after the template's own
+    prefix, e.g. SmolVLM's space after `Assistant:`) and the end-of-turn token."""
     family = family_of(path)
-    prefix = getattr(_module(family.name), "ANSWER_PREFIX", "") if family.module else ""
+    module = _module(family.name) if family.module else None
+    prefix = getattr(module, "ANSWER_PREFIX", "")
+    # Thinking templates: the answer after the last user turn starts with the rest of an empty thinking block.
+    last = getattr(module, "LAST_ANSWER_PREFIX", "")
     end, _ = chat_markers(path)
-    return [f"{prefix}{a}{end}" for a in answers]
+    return [f"{last if k == len(answers) - 1 else ''}{prefix}{a}{end}" for k, a in enumerate(answers)]
 
 
 def image_token_id(path: str) -> int:
