@@ -109,7 +109,8 @@ class Evaluator:
             return [None] * len(records)
         special = adds_special_tokens(self.tokenizer, prompts[0])
         inputs = self.processor(
-            text=prompts, images=images if any(images) else None, padding=True, add_special_tokens=special, return_tensors="pt"
+            text=prompts, images=images if any(images) else None, padding=True, padding_side=self.tokenizer.padding_side,
+            add_special_tokens=special, return_tensors="pt",
         )
         inputs = self._on_model(inputs)
         was_training = self.model.training

@@ -172,7 +172,10 @@ def _common_prefix(a: Sequence, b: Sequence) -> int:
 
 
 def padded_copy(processor, side: str):
-    """A private copy of the processor whose tokenizer pads on `side` (with EOS when it has no pad token)."""
+    """A private copy of the processor whose tokenizer pads on `side` (with EOS when it has no pad token).
+
+    Processors with a padding side of their own (MiniCPM-V pads left) are given the tokenizer's at each call.
+    """
     processor = copy.deepcopy(processor)
     processor.tokenizer.padding_side = side
     if processor.tokenizer.pad_token is None:
@@ -340,7 +343,8 @@ class Collator:
         if any(p.add_special_tokens != special for p in prepared):
             raise SampleError("the chat template starts some conversations with BOS and others without")
         return self.processor(
-            text=[p.text for p in prepared], images=images, padding=True, add_special_tokens=special, return_tensors="pt"
+            text=[p.text for p in prepared], images=images, padding=True, padding_side=self.tokenizer.padding_side,
+            add_special_tokens=special, return_tensors="pt",
         )
 
     def _process_error(self, p: _Prepared) -> str:

@@ -44,7 +44,9 @@ def vision_dummy_inputs(processor, model) -> dict:
         return {k: v for k, v in sample.items() if isinstance(v, torch.Tensor)}
     pixels = dict(processor.image_processor(images=[image], return_tensors="pt"))
     accepted = inspect.signature(model.get_image_features).parameters
-    return {k: v for k, v in pixels.items() if k in accepted and isinstance(v, torch.Tensor)}
+    # A signature hidden behind a decorator's (*args, **kwargs) (MiniCPM-V) takes every tensor the processor made.
+    takes_all = all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in accepted.values())
+    return {k: v for k, v in pixels.items() if (takes_all or k in accepted) and isinstance(v, torch.Tensor)}
 
 
 class VisionDummy:

@@ -58,6 +58,11 @@ FAMILIES = [
     Family("tiny-qwen3.5", "Qwen3.5", "Qwen3_5ForConditionalGeneration",
            "as Qwen3-VL, linear + full attention layers; thinking template: an empty thinking block in the last answer only "
            "(turns located with stand-in renders; the model learns to close the block after the generation prompt)", module="qwen3_5"),
+    Family("tiny-minicpmv4.6", "MiniCPM-V 4.6", "MiniCPMV4_6ForConditionalGeneration",
+           "every image and slice packed into one `pixel_values` `(1, 3, patch, L)` + `target_sizes`; thinking template as Qwen3.5; "
+           "the processor pads left (the collator asks for right)", module="minicpmv4_6"),
+    Family("tiny-minicpmv4.7", "MiniCPM-V 4.7", "MiniCPMV4_7ForConditionalGeneration", "as MiniCPM-V 4.6, plus `mm_token_type_ids`",
+           module="minicpmv4_7"),
     Family("tiny-glm4v", "GLM-4.1V", "Glm4vForConditionalGeneration",
            "flattened patches + `image_grid_thw`, `mm_token_type_ids`; template starts `[gMASK]<sop>` and closes no turn "
            "(the collator appends EOS to every answer, supervised)", module="glm4v"),
