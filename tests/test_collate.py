@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from conftest import png, record
-from families import image_token_id, supervised
+from families import generation_suffix, image_token_id, supervised
 from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, align, assistant_spans, to_hf_messages
 from curriculum.model.load import load_processor
 
@@ -34,6 +34,8 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     ids = batch["input_ids"][1].tolist()
     prompt = processor.apply_chat_template(to_hf_messages(multi["messages"][:-1]), add_generation_prompt=True, tokenize=True, return_dict=True)
     generation_ids = torch.as_tensor(prompt["input_ids"]).flatten().tolist()  # a list, a list of lists or a tensor, by processor
+    if generation_suffix(arch):
+        generation_ids = generation_ids[: -len(processor.tokenizer(generation_suffix(arch), add_special_tokens=False)["input_ids"])]
     assert ids[: len(generation_ids)] == generation_ids
     assert ids.count(processor.tokenizer.bos_token_id) <= 1
     # The image-text row carries the model's image tokens (one per image where cross-attention reads it); none is supervised.
@@ -154,6 +156,8 @@ def test_bos_is_handled_as_the_generation_path_does(processor):
     assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
     prompt = processor.apply_chat_template(to_hf_messages(rec["messages"][:1]), add_generation_prompt=True, tokenize=True, return_dict=True)
     generation_ids = torch.as_tensor(prompt["input_ids"]).flatten().tolist()  # a list, a list of lists or a tensor, by processor
+    if generation_suffix(arch):
+        generation_ids = generation_ids[: -len(processor.tokenizer(generation_suffix(arch), add_special_tokens=False)["input_ids"])]
     assert ids[: len(generation_ids)] == generation_ids
     assert supervised_text(processor, batch, 0) == "4.<|im_end|>"
     # A template that writes BOS itself gets none added.

@@ -9,13 +9,15 @@ import torch
 
 from curriculum.config import COMPONENTS, ConfigError, LoraConfig, Mode, TrainableConfig
 
-# Module-name markers per component across transformers VLM families (LLaVA, LLaVA-Next,
-# Qwen2-VL, Idefics3/SmolVLM, PaliGemma, Gemma3, Mistral3, MiniCPM-V). The projector is matched
+# Module-name markers per component across transformers VLM families (the test matrix: LLaVA-1.5/NeXT/OneVision,
+# Qwen2/2.5/3-VL, Qwen3.5, Idefics3/SmolVLM, PaliGemma, Gemma 3/4, Mistral 3, MiniCPM-V, InternVL, GLM-4V, LFM2-VL, ...). The projector is matched
 # first because some families nest it inside the vision module (Qwen2-VL's `visual.merger`).
 _MARKERS = {
     # LLaVA-NeXT/OneVision's image_newline is a learned embedding appended to image features; Qwen3-VL's
-    # DeepStack mergers project features of inner vision layers into the language model, as its merger does.
-    "projector": r"multi_modal_projector|mm_projector|connector|merger|deepstack_merger_list|resampler|vision_projection|image_newline",
+    # DeepStack mergers project features of inner vision layers into the language model, as its merger does;
+    # Gemma 3n/4's embed_vision embeds the tower's output into the language model's space.
+    "projector": (r"multi_modal_projector|mm_projector|connector|merger|deepstack_merger_list|resampler|vision_projection|"
+                  r"image_newline|embed_vision"),
     "vision": r"vision_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
     "language": r"language_model|text_model|lm_head|llm|embed_tokens",
 }

@@ -41,6 +41,10 @@ FAMILIES = [
     Family("tiny-gemma3", "Gemma 3", "Gemma3ForConditionalGeneration",
            "`token_type_ids` (bidirectional image attention); template writes BOS; images inside newline runs (labels via processed prefixes)",
            module="gemma3"),
+    Family("tiny-gemma4", "Gemma 4", "Gemma4ForConditionalGeneration",
+           "patches `(images, patches, 3·p²)` + `image_position_ids`, `mm_token_type_ids` (bidirectional image attention); template "
+           "writes BOS; the generation prompt adds an empty thought channel that training renders never carry; processor holds an "
+           "audio feature extractor", module="gemma4"),
     Family("tiny-aya-vision", "Aya Vision", "AyaVisionForConditionalGeneration",
            "crops + global view on dim 0 with `TILE_n` text markers (labels via processed prefixes); template writes BOS", module="aya_vision"),
     Family("tiny-mllama", "Llama 3.2 Vision (Mllama)", "MllamaForConditionalGeneration",
@@ -113,6 +117,12 @@ def supervised(path: str, *answers: str) -> list[str]:
     last = getattr(module, "LAST_ANSWER_PREFIX", "")
     end, _ = chat_markers(path)
     return [f"{last if k == len(answers) - 1 else ''}{prefix}{a}{end}" for k, a in enumerate(answers)]
+
+
+def generation_suffix(path: str) -> str:
+    """What the generation prompt adds after the assistant header that training renders do not carry (Gemma 4's empty thought channel)."""
+    family = family_of(path)
+    return getattr(_module(family.name), "GENERATION_SUFFIX", "") if family.module else ""
 
 
 def image_token_id(path: str) -> int:
