@@ -85,9 +85,10 @@ class Evaluator:
     def answers(self, records: list[dict]) -> list[str | None]:
         """The greedy answer to each record's prompt (None when its images cannot be read)."""
         out: list[str | None] = [None] * len(records)
-        # One group per generate call: image and text-only prompts do not share a padded batch.
-        for group in dict.fromkeys(r["group"] for r in records):
-            idx = [i for i, r in enumerate(records) if r["group"] == group]
+        # One group per generate call, and image and text-only prompts never share a padded batch.
+        kinds = [(r["group"], bool(r["images"])) for r in records]
+        for kind in dict.fromkeys(kinds):
+            idx = [i for i, k in enumerate(kinds) if k == kind]
             for start in range(0, len(idx), self.settings.batch_size):
                 chunk = idx[start : start + self.settings.batch_size]
                 for i, text in zip(chunk, self._generate([records[i] for i in chunk])):
@@ -108,10 +109,13 @@ class Evaluator:
         if not prompts:
             return [None] * len(records)
         special = adds_special_tokens(self.tokenizer, prompts[0])
-        inputs = self.processor(
-            text=prompts, images=images if any(images) else None, padding=True, padding_side=self.tokenizer.padding_side,
-            add_special_tokens=special, return_tensors="pt",
-        )
+        if not any(images) and self.collator.text_rows_by_tokenizer:  # a processor that refuses text-only prompts
+            inputs = self.tokenizer(prompts, padding=True, add_special_tokens=special, return_tensors="pt")
+        else:
+            inputs = self.processor(
+                text=prompts, images=images if any(images) else None, padding=True, padding_side=self.tokenizer.padding_side,
+                add_special_tokens=special, return_tensors="pt",
+            )
         inputs = self._on_model(inputs)
         was_training = self.model.training
         self.model.eval()

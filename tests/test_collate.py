@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import png, record
 from families import generation_suffix, image_token_id, supervised
-from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, align, assistant_spans, to_hf_messages
+from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, adds_special_tokens, align, assistant_spans, takes_text_only, to_hf_messages
 from curriculum.model.load import load_processor
 
 GROUPS = ["image_text", "text_only"]
@@ -32,7 +32,12 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     assert batch["sample_ids"] == ["i", "m"]
     # The training ids start as the processor's own generation prompt for the last answer: BOS exactly as there, never doubled.
     ids = batch["input_ids"][1].tolist()
-    prompt = processor.apply_chat_template(to_hf_messages(multi["messages"][:-1]), add_generation_prompt=True, tokenize=True, return_dict=True)
+    history = to_hf_messages(multi["messages"][:-1])
+    if takes_text_only(processor):
+        prompt = processor.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=True)
+    else:  # PaliGemma's processor refuses text-only prompts: its tokenizer encodes them, as for training
+        text = processor.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
+        prompt = processor.tokenizer(text, add_special_tokens=adds_special_tokens(processor.tokenizer, text))
     generation_ids = torch.as_tensor(prompt["input_ids"]).flatten().tolist()  # a list, a list of lists or a tensor, by processor
     if generation_suffix(arch):
         generation_ids = generation_ids[: -len(processor.tokenizer(generation_suffix(arch), add_special_tokens=False)["input_ids"])]
@@ -241,6 +246,23 @@ def test_a_conversation_the_chat_template_refuses_follows_the_policy(processor):
     assert batch["skipped"][0]["reason"] == "the chat template cannot render it: Conversation roles must alternate user/assistant/user/assistant/..."
     with pytest.raises(SampleError, match=r"record twice \(test.jsonl\): the chat template cannot render it"):
         Collator(processor, GROUPS, 512, "error")([twice])
+
+
+def test_a_prefix_lm_sees_its_prompt_both_ways_and_its_answers_causally(cache_dir, llava_path, tmp_path):
+    """PaliGemma: token_type_ids 0 on the prompt, 1 from the first answer token on (a later turn's prompt too, so no
+    answer is visible before it is written); its processor refuses text-only rows, which the tokenizer encodes."""
+    from families import ensure_family
+
+    processor = load_processor(ensure_family("tiny-paligemma", cache_dir, llava_path))
+    multi = record("m", "How many sides has a square?", "Four.")
+    multi["messages"] += [{"role": "user", "content": "And a triangle?"}, {"role": "assistant", "content": "Three."}]
+    batch = Collator(processor, GROUPS, 512, "error")([multi, record("i", "<image>\nWhat colour?", "Red.", [png(tmp_path / "a.png")])])
+    assert batch["sample_ids"] == ["i", "m"] and batch["pixel_values"].shape[0] == 1  # rows with images first
+    for row in range(2):
+        supervised = (batch["labels"][row] != IGNORE_INDEX).nonzero()[:, 0]
+        first, n = int(supervised[0]), int(batch["attention_mask"][row].sum())
+        assert batch["token_type_ids"][row, :first].eq(0).all() and batch["token_type_ids"][row, first:n].eq(1).all()
+    assert supervised_text(processor, batch, 1) == "\nFour.<eos>\nThree.<eos>"
 
 
 def test_a_record_with_two_images_collates_and_trains_on_every_family(arch, tmp_path):

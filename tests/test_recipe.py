@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from curriculum.config import DataConfig, EvalConfig, LoraConfig, Mode, ModelConfig, PathsConfig, RunConfig, TrainableConfig, TrainerConfig
 from conftest import one_stage
 from curriculum.cli.evaluate import run as evaluate_folder
+from curriculum.data.collate import takes_text_only
 from curriculum.model.load import resolve_model_path
 from curriculum.recipe import train
 
@@ -34,7 +35,10 @@ def generate(model, processor, with_image: bool) -> tuple[int, int]:
     content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": "What colour is the circle?"}]
     text = processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
     images = [[Image.new("RGB", (32, 32), (255, 0, 0))]] if with_image else None
-    inputs = processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False)
+    if with_image or takes_text_only(processor):
+        inputs = processor(text=[text], images=images, return_tensors="pt", add_special_tokens=False)
+    else:  # PaliGemma's processor refuses text-only prompts: its tokenizer encodes them
+        inputs = processor.tokenizer([text], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     return inputs["input_ids"].shape[1], out.shape[1]
 

@@ -12,11 +12,13 @@ images. No token ids or templates are written per model.
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from jinja2 import TemplateError
 
 from curriculum.data.images import ImageError, load_image
@@ -171,6 +173,43 @@ def _common_prefix(a: Sequence, b: Sequence) -> int:
     return n
 
 
+def takes_text_only(processor) -> bool:
+    """Whether the processor encodes a row without images."""
+    try:
+        processor(text=["a"], return_tensors="pt")
+    except Exception:  # noqa: BLE001 - PaliGemma's raises ValueError; another may raise its own type
+        return False
+    return True
+
+
+def _stacked(images: dict | None, texts: dict | None, pad_id: int) -> dict:
+    """The processor's rows with images, then the tokenizer's text-only rows, padded to one width.
+
+    Per-token tensors (ids, masks, token types) are padded and stacked; text rows have no image
+    tokens (token types 0); the rest (pixel values) belong to the image rows alone.
+    """
+    if images is None or texts is None:
+        return dict(images if texts is None else texts)
+    n_rows, width = images["input_ids"].shape
+    width = max(width, texts["input_ids"].shape[1])
+    out = {}
+    for k, v in images.items():
+        if not (isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[0] == n_rows and k != "labels"):
+            out[k] = v
+            continue
+        fill = pad_id if k == "input_ids" else 0
+        other = texts.get(k, torch.zeros_like(texts["input_ids"]))
+        out[k] = torch.cat([F.pad(v, (0, width - v.shape[1]), value=fill), F.pad(other, (0, width - other.shape[1]), value=fill)])
+    return out
+
+
+def _answer_types(labels: torch.Tensor) -> torch.Tensor:
+    """Prefix-LM token types: 0 on the prompt, 1 from each row's first supervised token on (later turns included, so
+    no answer is visible to the tokens before it)."""
+    supervised = (labels != IGNORE_INDEX).long()
+    return (supervised.cumsum(dim=1) > 0).long()
+
+
 def padded_copy(processor, side: str):
     """A private copy of the processor whose tokenizer pads on `side` (with EOS when it has no pad token).
 
@@ -215,6 +254,11 @@ class Collator:
         self.image_token_ids = {
             i for i in (getattr(processor, "image_token_id", None), self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))) if isinstance(i, int)
         }
+        # A processor that takes the answer as a `suffix` (PaliGemma's) makes prefix-LM inputs: the prompt is attended both
+        # ways (token_type_ids 0), the answer causally (1). The collator marks them from its labels.
+        self.prefix_lm = "suffix" in inspect.signature(type(self.processor).__call__).parameters
+        # Such processors refuse text-only rows (and mangle them in a mixed batch): the tokenizer encodes those rows.
+        self.text_rows_by_tokenizer = not takes_text_only(self.processor)
 
     def with_replacements(self, replacements: Replacements) -> Collator:
         """This collator replacing unusable samples from `replacements` (shares the processor)."""
@@ -293,6 +337,8 @@ class Collator:
 
     def _encode(self, prepared: list[_Prepared], skipped: list[dict]) -> dict:
         while True:
+            if self.text_rows_by_tokenizer:
+                prepared = sorted(prepared, key=lambda p: not p.images)  # stable: rows with images first
             try:
                 out = self._process(prepared)
             except Exception:  # noqa: BLE001 - processors raise ValueError, TypeError, IndexError... for one odd sample
@@ -327,6 +373,8 @@ class Collator:
         batch["input_ids"] = batch["input_ids"][:, :width]
         batch["attention_mask"] = batch["attention_mask"][:, :width]
         batch["labels"] = labels[:, :width]
+        if self.prefix_lm:
+            batch["token_type_ids"] = _answer_types(batch["labels"])
         # Per-token inputs beside the ids (Mllama's cross_attention_mask is [rows, tokens, images, tiles]).
         for k in ("token_type_ids", "mm_token_type_ids", "cross_attention_mask"):
             if k in batch and batch[k].dim() >= 2:
@@ -336,15 +384,26 @@ class Collator:
         return batch
 
     def _process(self, prepared: list[_Prepared]):
+        """The processor's batch for `prepared` in order (with text_rows_by_tokenizer, rows with images come first)."""
         if not prepared:
             return {"input_ids": torch.zeros(0, 0, dtype=torch.long), "attention_mask": torch.zeros(0, 0, dtype=torch.long)}
-        images = [p.images for p in prepared] if any(p.images for p in prepared) else None
         special = prepared[0].add_special_tokens
         if any(p.add_special_tokens != special for p in prepared):
             raise SampleError("the chat template starts some conversations with BOS and others without")
+        texts = [p.text for p in prepared]
+        if self.text_rows_by_tokenizer:
+            n = sum(1 for p in prepared if p.images)
+            if any(p.images for p in prepared[n:]):
+                raise ValueError("rows with images must come before text-only rows for this processor")
+            rows = self.tokenizer(texts[n:], padding=True, add_special_tokens=special, return_tensors="pt") if n < len(texts) else None
+            out = self._call(texts[:n], [p.images for p in prepared[:n]], special) if n else None
+            return _stacked(out, rows, self.tokenizer.pad_token_id)
+        images = [p.images for p in prepared] if any(p.images for p in prepared) else None
+        return self._call(texts, images, special)
+
+    def _call(self, texts: list[str], images, special: bool):
         return self.processor(
-            text=[p.text for p in prepared], images=images, padding=True, padding_side=self.tokenizer.padding_side,
-            add_special_tokens=special, return_tensors="pt",
+            text=texts, images=images, padding=True, padding_side=self.tokenizer.padding_side, add_special_tokens=special, return_tensors="pt",
         )
 
     def _process_error(self, p: _Prepared) -> str:
@@ -371,6 +430,8 @@ class Collator:
         return flags
 
     def _prefix_ids(self, p: _Prepared, text: str, n_images: int) -> list[int]:
+        if not n_images and self.text_rows_by_tokenizer:
+            return self.tokenizer(text, add_special_tokens=p.add_special_tokens)["input_ids"]
         images = [p.images[:n_images]] if n_images else None
         out = self.processor(text=[text], images=images, add_special_tokens=p.add_special_tokens, return_tensors="pt")
         return out["input_ids"][0].tolist()

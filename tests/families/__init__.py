@@ -45,6 +45,10 @@ FAMILIES = [
            "patches `(images, patches, 3·p²)` + `image_position_ids`, `mm_token_type_ids` (bidirectional image attention); template "
            "writes BOS; the generation prompt adds an empty thought channel that training renders never carry; processor holds an "
            "audio feature extractor", module="gemma4"),
+    Family("tiny-paligemma", "PaliGemma", "PaliGemmaForConditionalGeneration",
+           "prefix-LM `token_type_ids` (0 on the prompt, attended both ways; 1 from the first answer token); its processor refuses "
+           "text-only rows, so the tokenizer encodes them; no upstream chat template (ours: images, prompt, `\\n`, answer, EOS)",
+           module="paligemma"),
     Family("tiny-aya-vision", "Aya Vision", "AyaVisionForConditionalGeneration",
            "crops + global view on dim 0 with `TILE_n` text markers (labels via processed prefixes); template writes BOS", module="aya_vision"),
     Family("tiny-mllama", "Llama 3.2 Vision (Mllama)", "MllamaForConditionalGeneration",
