@@ -106,16 +106,17 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     peft: Optional[LoraConfig] = None
-    # Keywords for the processor's from_pretrained, e.g. {min_pixels: 200704, max_pixels: 1003520} for Qwen2-VL; the export keeps them.
-    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Keywords for the processor's from_pretrained, e.g. {size: {shortest_edge: 200704, longest_edge: 1003520}} for
+    # Qwen2-VL (pixels); the export keeps them. null: none (a dict default would refuse new keys on the command line).
+    processor_kwargs: Optional[dict[str, Any]] = None
     # For a family whose parameter names the built-in markers miss: {component: regex searched in
     # parameter names}, tried first, e.g. {projector: adapter, vision: image_encoder}.
-    components: dict[str, str] = field(default_factory=dict)
+    components: Optional[dict[str, str]] = None
 
     def check(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype={self.dtype} is not allowed: use float32, bfloat16 or float16.")
-        for comp, pattern in self.components.items():
+        for comp, pattern in (self.components or {}).items():
             if comp not in COMPONENTS:
                 raise ConfigError(f"model.components.{comp} is not allowed: use {', '.join(COMPONENTS)}.")
             try:

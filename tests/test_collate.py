@@ -220,6 +220,20 @@ def test_processor_kwargs_reach_the_processor_and_its_export(llava_path, tmp_pat
     assert AutoProcessor.from_pretrained(tmp_path).image_processor.do_resize is False
 
 
+def test_qwen_pixel_bounds_set_in_processor_kwargs_set_its_image_tokens(cache_dir, llava_path, tmp_path):
+    """Dynamic resolution: `model.processor_kwargs={size: {longest_edge: ...}}` (pixels) bounds the tokens per image."""
+    from families import ensure_family
+
+    path = ensure_family("tiny-qwen2-vl", cache_dir, llava_path)
+    sample = [record("i", "<image>\nWhat colour?", "Red.", [png(tmp_path / "a.png", size=(64, 64))])]
+    counts = []
+    for longest in (32 * 32, 64 * 64):
+        processor = load_processor(path, {"size": {"shortest_edge": 256, "longest_edge": longest}})
+        batch = Collator(processor, GROUPS, 512, "error")(sample)
+        counts.append(int((batch["input_ids"] == image_token_id(path)).sum()))
+    assert counts == [4, 16]  # (32/8)^2 / 2^2 patches merged, then (64/8)^2 / 2^2
+
+
 def test_idefics3_image_splitting_gives_tiles_markers_and_padded_tiles_for_text_rows(cache_dir, llava_path, tmp_path):
     from families import ensure_family
 

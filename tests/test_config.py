@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import REPO
 from curriculum.config import ConfigError, Mode, validate
 
 
@@ -87,3 +90,16 @@ def test_world_size_counts_the_processes_devices_asks_for(devices, processes):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "32", "bf16", 16])
 def test_lightning_precision_names_and_aliases_are_accepted(precision):
     assert check(trainer={"precision": precision}).trainer.precision == str(precision)
+
+
+@pytest.mark.parametrize("model", ["tiny_llava", "tiny_idefics3"])
+def test_processor_kwargs_and_components_take_new_keys_on_the_command_line(model):
+    """As the README writes them: a dict override, not `+model.processor_kwargs...`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base=None):
+        cfg = validate(compose("config", overrides=[
+            f"model={model}", "model.processor_kwargs={size: {shortest_edge: 200704, longest_edge: 1003520}}",
+            "model.components={projector: adapter}"]))
+    assert cfg.model.processor_kwargs == {"size": {"shortest_edge": 200704, "longest_edge": 1003520}}
+    assert cfg.model.components == {"projector": "adapter"}

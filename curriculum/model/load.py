@@ -77,7 +77,7 @@ def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = 
     trainable = trainable or cfg.trainable
     from transformers import AutoModelForImageTextToText
 
-    use_component_patterns(cfg.components)
+    use_component_patterns(cfg.components or {})
 
     kwargs = {"dtype": DTYPES[cfg.dtype]}
     if cfg.attn_implementation:
