@@ -91,17 +91,14 @@ def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[in
 
 def _closed_turns(processor, messages: list[dict], text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
     """Where the template closes no assistant turn (GLM-4V's answer runs into the next `<|user|>` or the end), the
-    tokenizer's EOS follows each answer, supervised, so the model learns to stop."""
+    tokenizer's EOS follows the last answer, supervised, so the model learns to stop. Earlier answers stay as the
+    template renders them, as the history of a later generation prompt shows them."""
     eos = processor.tokenizer.eos_token
     answers = [_text_of(m).strip() for m in messages if m["role"] == "assistant"]
-    if not eos or not all(a and text[:end].endswith(a) for a, (_, end) in zip(answers, spans)):
+    if not (eos and spans) or not all(a and text[:end].endswith(a) for a, (_, end) in zip(answers, spans)):
         return text, spans
-    out, closed, shift = [], [], 0
-    for (start, end), prev_end in zip(spans, [0, *(e for _, e in spans)]):
-        out.append(text[prev_end:end] + eos)
-        closed.append((start + shift, end + shift + len(eos)))
-        shift += len(eos)
-    return "".join(out) + text[spans[-1][1] :], closed
+    start, end = spans[-1]
+    return text[:end] + eos + text[end:], [*spans[:-1], (start, end + len(eos))]
 
 
 def _text_of(message: dict) -> str:

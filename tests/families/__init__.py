@@ -73,7 +73,7 @@ FAMILIES = [
            module="minicpmv4_7"),
     Family("tiny-glm4v", "GLM-4.1V", "Glm4vForConditionalGeneration",
            "flattened patches + `image_grid_thw`, `mm_token_type_ids`; template starts `[gMASK]<sop>` and closes no turn "
-           "(the collator appends EOS to every answer, supervised)", module="glm4v"),
+           "(the collator appends EOS to the last answer, supervised)", module="glm4v"),
     Family("tiny-lfm2-vl", "LFM2-VL", "Lfm2VlForConditionalGeneration",
            "tiles of patches (`pixel_values` `(tiles, patches, 3·p²)`), `pixel_attention_mask`, `spatial_shapes`; template writes BOS; "
            "conv + attention language model", module="lfm2_vl"),
@@ -120,7 +120,8 @@ def supervised(path: str, *answers: str) -> list[str]:
     # Thinking templates: the answer after the last user turn starts with the rest of an empty thinking block.
     last = getattr(module, "LAST_ANSWER_PREFIX", "")
     end, _ = chat_markers(path)
-    return [f"{last if k == len(answers) - 1 else ''}{prefix}{a}{end}" for k, a in enumerate(answers)]
+    ends = [""] * (len(answers) - 1) + [end] if getattr(module, "END_ONLY_LAST", False) else [end] * len(answers)
+    return [f"{last if k == len(answers) - 1 else ''}{prefix}{a}{e}" for k, (a, e) in enumerate(zip(answers, ends))]
 
 
 def generation_suffix(path: str) -> str:

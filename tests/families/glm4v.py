@@ -8,8 +8,9 @@ from families.common import reloaded
 
 # The real template puts nothing after an assistant answer: the next turn's `<|user|>` follows, or the text ends
 # (the real generation_config stops on <|endoftext|>, <|user|> and <|observation|>); the collator appends the
-# tokenizer's EOS (<|endoftext|>) to every answer and supervises it.
+# tokenizer's EOS (<|endoftext|>) to the last answer and supervises it.
 END_OF_TURN = "<|endoftext|>"
+END_ONLY_LAST = True
 ASSISTANT_PROMPT = "<|assistant|>"
 
 # Same markers and layout as GLM-4.1V-9B's chat template (rendered with trim_blocks/lstrip_blocks):
