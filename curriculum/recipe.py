@@ -28,9 +28,8 @@ from curriculum.report import write_run_report
 from curriculum.resume import RUN_CONFIG
 from curriculum.resume import prepare as prepare_resume
 from curriculum.resume import record as record_resume
-from curriculum.schedule.stages import compile_schedule
 from curriculum.sharding import ShardedStrategy, full_state_dict
-from curriculum.schedule.stream import CurriculumStream
+from curriculum.schedule.stream import CurriculumStream, build_stream
 
 log = logging.getLogger("curriculum")
 
@@ -97,14 +96,6 @@ def load_resumable_data(cfg: RunConfig, resumed_data: str | None = None) -> tupl
             "so the sample stream would differ; restore the files or start a new run."
         )
     return bundle, fingerprint
-
-
-def build_stream(cfg: RunConfig, bundle: DataBundle) -> tuple[CurriculumStream, int]:
-    """The compiled curriculum stream over the training table, and the number of steps this run trains."""
-    schedule = compile_schedule(cfg, bundle.group_names, bundle.train_report.groups)
-    lengths = bundle.train.approx_length() if schedule.length_grouping else None
-    stream = CurriculumStream(schedule, bundle.train.group_indices(), cfg.global_batch(), cfg.seed, lengths)
-    return stream, cfg.trainer.max_steps or schedule.total_steps
 
 
 def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, start_step: int = 0) -> Parts:

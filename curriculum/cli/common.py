@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from curriculum.conf_path import conf_dir
 from curriculum.config import ConfigError, RunConfig, validate
-from curriculum.data.collate import SampleError
+from curriculum.data.errors import SampleError
 from curriculum.data.formats import DataFileError
 from curriculum.data.images import ImageError
 from curriculum.data.sources import InvalidDataError
@@ -52,11 +52,15 @@ def process_rank() -> int:
     return 0
 
 
-def quiet_output() -> None:
+def quiet_output(lightning: bool = True) -> None:
     """Our log lines only: library tips, device banners, deprecation notices and load bars are silenced,
-    and a process of rank > 0 logs to its own file instead of repeating rank 0's lines on the console."""
-    # Imported first: importing Lightning sets its own loggers' level.
-    import pytorch_lightning  # noqa: F401
+    and a process of rank > 0 logs to its own file instead of repeating rank 0's lines on the console.
+
+    `lightning=False` for commands that never train (curriculum-plan), which then start without it.
+    """
+    if lightning:
+        # Imported first: importing Lightning sets its own loggers' level.
+        import pytorch_lightning  # noqa: F401
     import transformers
 
     for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
@@ -88,11 +92,13 @@ def run_task(
     raw: DictConfig,
     task: Callable[[RunConfig, str, list[str]], object],
     on_failure: Callable[[str, str, bool], None] | None = None,
+    lightning: bool = True,
 ) -> None:
     """Validate the config and run `task(cfg, run_dir, overrides)`.
 
     A user error ends a single run with one line and exit code 1. In a multirun, a failed job is
     recorded (`on_failure(run_dir, reason, multirun)`) and the sweep goes on with the next job.
+    `lightning`: whether the task trains (its output is quieted once Lightning is imported).
     """
     hc = HydraConfig.get()
     run_dir = hc.runtime.output_dir
@@ -102,7 +108,7 @@ def run_task(
         # A resume's composed config is the defaults plus forced overrides; the run's own saved
         # config with the overrides is what gets checked (curriculum.resume.prepare).
         cfg = validate(raw, check=not raw.get("resume"))
-        quiet_output()
+        quiet_output(lightning)
         task(cfg, run_dir, list(hc.overrides.task))
     except Exception as e:
         if on_failure is not None:

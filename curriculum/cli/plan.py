@@ -15,7 +15,7 @@ def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     # Imported here, so a config error answers before the training stack loads.
     from curriculum.data.sources import describe_invalid, load_data
     from curriculum.plan import build_plan, plot_plan, print_plan, write_plan
-    from curriculum.recipe import build_stream
+    from curriculum.schedule.stream import build_stream
 
     # Read everything even in error mode, so the report lists every invalid record at once.
     bundle = load_data(cfg, on_invalid="skip")
@@ -52,7 +52,7 @@ def _inspect(cfg: RunConfig, bundle, run_dir: str) -> None:
 @hydra_main
 def main(raw: DictConfig) -> None:
     """Console script entry point."""
-    run_task(raw, _task, on_failure=lambda run_dir, reason, multirun: multirun or discard_unstarted(run_dir, "plan.json"))
+    run_task(raw, _task, on_failure=lambda run_dir, reason, multirun: multirun or discard_unstarted(run_dir, "plan.json"), lightning=False)
 
 if __name__ == "__main__":
     main()

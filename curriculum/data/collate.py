@@ -21,15 +21,12 @@ import torch
 import torch.nn.functional as F
 from jinja2 import TemplateError
 
+from curriculum.data.errors import SampleError
 from curriculum.data.images import ImageError, load_image
 from curriculum.data.records import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
 _PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN))
-
-
-class SampleError(Exception):
-    """A record cannot become a training sample; the message names record, source and reason."""
 
 
 @dataclass

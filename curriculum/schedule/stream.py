@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from curriculum.config import ConfigError
+from curriculum.config import ConfigError, RunConfig
 from curriculum.schedule.blend import StageBlend
 from curriculum.schedule.permute import permute
-from curriculum.schedule.stages import Schedule
+from curriculum.schedule.stages import Schedule, compile_schedule
 
 
 class CurriculumStream:
@@ -140,3 +140,11 @@ class CurriculumStream:
             members = rows[np.sort(slots)]
             out[slots] = members[np.argsort(-self.lengths[members], kind="stable")]
         return out
+
+
+def build_stream(cfg: RunConfig, bundle) -> tuple[CurriculumStream, int]:
+    """The compiled curriculum stream over `bundle`'s training table (a DataBundle), and the number of steps this run trains."""
+    schedule = compile_schedule(cfg, bundle.group_names, bundle.train_report.groups)
+    lengths = bundle.train.approx_length() if schedule.length_grouping else None
+    stream = CurriculumStream(schedule, bundle.train.group_indices(), cfg.global_batch(), cfg.seed, lengths)
+    return stream, cfg.trainer.max_steps or schedule.total_steps
