@@ -21,6 +21,11 @@ from curriculum.model.load import load_processor, resolve_model_path
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_collection_modifyitems(items):
+    """Slow end-to-end cases first: collected last (test_resume, test_sharding), the longest of them ran alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory, worker_id) -> str:
     """Session cache for built-in data, models and record tables (also used by CLI subprocesses).
