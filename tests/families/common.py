@@ -14,8 +14,9 @@ def text_config(tokenizer, end_of_turn: str | None = None) -> dict:
                 num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos)
 
 
-def reloaded(tokenizer, **named):
-    """The tokenizer saved and loaded again with named special tokens (tokenizer.image_token, ...), which are set at load."""
+def reloaded(tokenizer, cls=AutoTokenizer, load: dict | None = None, **named):
+    """The tokenizer saved and loaded again (as `cls`, with `load` keywords) with named special tokens
+    (tokenizer.image_token, ...), which are set at load."""
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
-        return AutoTokenizer.from_pretrained(tmp, extra_special_tokens=named)
+        return cls.from_pretrained(tmp, extra_special_tokens=named, **(load or {}))

@@ -4,9 +4,7 @@ an image becomes <|image_start|>[<|img_row_r_col_c|> tiles][<|img_thumbnail|>]<i
 
 from __future__ import annotations
 
-import tempfile
-
-from transformers import AutoTokenizer
+from families.common import reloaded
 
 END_OF_TURN = "<|im_end|>"
 ASSISTANT_PROMPT = "<|im_start|>assistant"
@@ -31,12 +29,9 @@ def build(tokenizer):
     tiles = [f"<|img_row_{r}_col_{c}|>" for r in range(1, MAX_TILES + 1) for c in range(1, MAX_TILES + 1)]
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|startoftext|>", "<|image_start|>", "<|image_end|>",
                                                                 "<|img_thumbnail|>", *tiles]})
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        # Like LFM2's tokenizer: BOS <|startoftext|>, added by default when tokenising (so the template's BOS doubles
-        # unless add_special_tokens=False; the processor's own default is add_special_tokens=False).
-        tokenizer = AutoTokenizer.from_pretrained(tmp, bos_token="<|startoftext|>", add_bos_token=True,
-                                                  extra_special_tokens={"image_token": "<image>"})
+    # Like LFM2's tokenizer: BOS <|startoftext|>, added by default when tokenising (so the template's BOS doubles
+    # unless add_special_tokens=False; the processor's own default is add_special_tokens=False).
+    tokenizer = reloaded(tokenizer, load={"bos_token": "<|startoftext|>", "add_bos_token": True}, image_token="<image>")
     text = dict(
         model_type="lfm2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, block_auto_adjust_ff_dim=False,
         num_hidden_layers=2, layer_types=["conv", "full_attention"],  # one of each: the hybrid (conv-state) cache is LFM2's

@@ -4,7 +4,8 @@ more turns follow, and raises without a user turn."""
 
 from __future__ import annotations
 
-import tempfile
+from families.common import reloaded
+from families.qwen2_vl import VISION_TOKENS
 
 END_OF_TURN = "<|im_end|>"
 ASSISTANT_PROMPT = "<|im_start|>assistant"
@@ -44,14 +45,6 @@ QWEN3_5_TEMPLATE = (
     "{% endif %}"
 )
 
-_VISION_TOKENS = {
-    "image_token": "<|image_pad|>",
-    "video_token": "<|video_pad|>",
-    "vision_start_token": "<|vision_start|>",
-    "vision_end_token": "<|vision_end|>",
-}
-
-
 def _qwen_tokenizer(tokenizer):
     """Add <|endoftext|> and the vision markers (special) and <think>/</think> (added, not special, as in the real
     vocabulary), and name the vision markers so the processor reads `<|image_pad|>` (not the base `<image>`).
@@ -62,11 +55,9 @@ def _qwen_tokenizer(tokenizer):
     tokenise alike and the vocabulary size already counts `<|endoftext|>`."""
     from transformers import Qwen3_5Tokenizer
 
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", *_VISION_TOKENS.values()]})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", *VISION_TOKENS.values()]})
     tokenizer.add_tokens(["<think>", "</think>"])
-    with tempfile.TemporaryDirectory() as tmp:  # named special tokens are set when a tokenizer loads
-        tokenizer.save_pretrained(tmp)
-        return Qwen3_5Tokenizer.from_pretrained(tmp, extra_special_tokens=dict(_VISION_TOKENS))
+    return reloaded(tokenizer, cls=Qwen3_5Tokenizer, **VISION_TOKENS)
 
 
 def build(tokenizer):
@@ -76,7 +67,7 @@ def build(tokenizer):
 
     tokenizer = _qwen_tokenizer(tokenizer)
     tokenizer.chat_template = QWEN3_5_TEMPLATE
-    ids = {k.replace("_token", "_token_id"): tokenizer.convert_tokens_to_ids(v) for k, v in _VISION_TOKENS.items()}
+    ids = {k.replace("_token", "_token_id"): tokenizer.convert_tokens_to_ids(v) for k, v in VISION_TOKENS.items()}
     text = dict(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
