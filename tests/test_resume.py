@@ -133,6 +133,41 @@ def test_atomic_checkpoint_keeps_the_previous_file_when_a_save_dies(tmp_path, mo
     assert torch.load(path, weights_only=False)["global_step"] == 1
 
 
+def assert_rows_close(got: list[dict], want: list[dict], rel: float = 1e-6) -> None:
+    """Same rows, steps and columns; numbers equal within float rounding (a new layout sums in another order)."""
+    assert [(r["step"], sorted(k for k, v in r.items() if v)) for r in got] == [(r["step"], sorted(k for k, v in r.items() if v)) for r in want]
+    for g, w in zip(got, want):
+        for k, v in w.items():
+            if not v:
+                continue
+            try:
+                assert float(g[k]) == pytest.approx(float(v), rel=rel, abs=1e-9), (w["step"], k)
+            except ValueError:
+                assert g[k] == v, (w["step"], k)
+
+
+@pytest.mark.slow
+def test_a_resume_that_changes_the_accumulation_trains_the_uninterrupted_steps(reference, tmp_path):
+    """Stopped at step 3 with micro 4 x accumulation 2, resumed as micro 2 x accumulation 4 (global batch 8):
+    every later step, validation and stage boundary falls where the uninterrupted run has it."""
+    run = tmp_path / "run"
+    run_cli("train", *ARGS, "trainer.max_steps=3", f"hydra.run.dir={run}")
+    run_cli("train", f"resume={run}", "trainer.max_steps=null", "data.micro_batch_size=2", "trainer.accumulate_grad_batches=4")
+    assert_rows_close(rows(run), reference)
+    assert rows(run)[-1]["samples/image_text"] == reference[-1]["samples/image_text"]
+
+
+@pytest.mark.slow
+def test_the_first_step_after_a_resume_uses_the_new_schedules_lr(tmp_path):
+    """Stopped at the end of `align` and resumed with another `blend` LR: the same run as one started with it."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    args = [*ARGS, "trainer.val_every_n_steps=4"]  # the stop at step 4 validates where the uninterrupted run does
+    run_cli("train", *args, "schedule.stages.blend.lr=1e-5", f"hydra.run.dir={ref}")
+    run_cli("train", *args, "trainer.max_steps=4", f"hydra.run.dir={run}")
+    run_cli("train", f"resume={run}", "trainer.max_steps=null", "schedule.stages.blend.lr=1e-5")
+    assert_rows_close(rows(run), rows(ref), rel=1e-9)
+
+
 def global_order(run) -> list[str]:
     """Sample ids in global position order, rebuilt from every rank's sample_ids log."""
     entries = []

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from conftest import run_cli
@@ -85,7 +86,7 @@ def test_a_sharded_run_resumes_exactly_and_exports_a_full_model(tmp_path, cache_
     run_cli("train", *ARGS, "trainer.max_steps=2", f"hydra.run.dir={run}")  # stops in align: no optimizer state for the LM yet
     ckpt = run / "checkpoints" / "last.ckpt"
     assert sorted(os.listdir(ckpt)) == [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]  # one shard per rank
-    saved = torch.distributed.checkpoint.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
+    saved = dcp.FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata
     weights = [k for k in saved if k.startswith("state_dict.")]
     # Lean: the vision tower, frozen in every stage, comes from the base model on resume.
     assert weights and not [k for k in weights if "vision_tower" in k]

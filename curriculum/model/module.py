@@ -302,6 +302,15 @@ class VLMModule(pl.LightningModule):
             self.enter_stage(self._stage)
             self._rewrap_ddp()
 
+    def on_train_start(self) -> None:
+        # A restored LambdaLR keeps the LR its checkpoint saved in each parameter group; the first step
+        # after a resume must already use this run's schedule (a stage's lr may have changed).
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if batch_idx % self.trainer.accumulate_grad_batches:
             return
@@ -530,6 +539,8 @@ class VLMModule(pl.LightningModule):
         return weights_identity(self.state_dict(keep_vars=True), keys)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is not None:
+            realign_batch_progress(checkpoint, self.trainer.accumulate_grad_batches)
         state = checkpoint["curriculum"]
         if "base_weights" in state:  # a lean checkpoint (older ones hold every weight)
             # The weights it left out come from the base model: they must be the ones it was saved with.
@@ -639,6 +650,22 @@ class VLMModule(pl.LightningModule):
         if component is not None and getattr(stage.trainable, component) is Mode.frozen:
             return 0.0
         return stage.lr.at(step - stage.start_step, stage.steps) / self.optim.lr
+
+
+def realign_batch_progress(checkpoint: dict, accumulate: int) -> None:
+    """Count the checkpoint's micro-batches as its optimizer steps x this run's accumulation.
+
+    Lightning restores its micro-batch counter as saved (steps x the old accumulation) and places
+    step boundaries, validation and the epoch's end by that counter, so a resume that changes
+    `trainer.accumulate_grad_batches` (same global batch) would cut its first steps in the wrong place.
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if progress is None:
+        return
+    micro = int(checkpoint["global_step"]) * accumulate
+    for counter in ("total", "current"):
+        for key in ("ready", "started", "processed", "completed"):
+            progress[counter][key] = micro
 
 
 def weights_identity(state: dict, keys: list[str], samples: int = 64) -> str:
