@@ -116,7 +116,8 @@ class GenerationEval(pl.Callback):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
         step = trainer.global_step
-        if trainer.sanity_checking or not trainer.is_global_zero or step >= self.run_steps:
+        # Every rank scores its share (write_metrics writes on rank 0 only).
+        if trainer.sanity_checking or step >= self.run_steps:
             return
         if (step // self.val_every_n_steps) % self.every_n == 0:
             pl_module.write_metrics(self.score(), step - 1)

@@ -425,11 +425,6 @@ class RunConfig:
                 f"trainer.max_steps={self.trainer.max_steps} is not allowed: the schedule has {total} steps; "
                 "use at most that, or lengthen a stage."
             )
-        if self.trainer.strategy == "fsdp" and self.eval.generate:
-            raise ConfigError(
-                "eval.generate=true is not supported with trainer.strategy=fsdp (generation would run on rank 0 alone while the "
-                "weights are sharded over all ranks): run curriculum-eval on the run's export instead."
-            )
         if self.trainer.strategy == "fsdp" and self.export.mode == "merged":
             raise ConfigError(
                 "export.mode=merged is not supported with trainer.strategy=fsdp: export the adapter (export.mode=adapter) and merge "

@@ -63,11 +63,18 @@ def stratified_order(groups: np.ndarray) -> np.ndarray:
 
 
 class _RankSlices:
-    """Rank-strided validation batches over a row order: every record is seen once across ranks."""
+    """Rank-strided validation batches over a row order: every record is seen once across ranks.
+
+    Every rank gets the same number of batches (empty ones where the records run out): under FSDP
+    each batch is a forward whose all-gathers every rank must join, and under DDP a rank without
+    any batch would leave validation while the others wait in its reduction.
+    """
 
     def __init__(self, order: np.ndarray, batch: int, rank: int, world: int):
         starts = list(range(0, len(order), batch))
-        self.batches = [order[s : s + batch].tolist() for s in starts[rank::world]]
+        per_rank = -(-len(starts) // world)
+        mine = [order[s : s + batch].tolist() for s in starts[rank::world]]
+        self.batches = mine + [[] for _ in range(per_rank - len(mine))]
 
     def __iter__(self):
         return iter(self.batches)

@@ -12,9 +12,11 @@ import os
 import re
 import string
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from curriculum.atomic import write_json
 from curriculum.data.collate import Collator, adds_special_tokens, padded_copy, to_hf_messages
@@ -74,6 +76,8 @@ class Evaluator:
 
     def __init__(self, model, processor, group_names: list[str], max_length: int, settings: EvalSettings | None = None, truncate: bool = False):
         self.model = model
+        # Under DDP / FSDP every rank evaluates its share of the batches and all ranks get the whole result.
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
         self.settings = settings or EvalSettings()
         # A private copy: generation pads on the left, training batches on the right.
         self.processor = padded_copy(processor, "left")
@@ -81,18 +85,41 @@ class Evaluator:
         self.group_names = group_names
         self.collator = Collator(processor, group_names, max_length, on_invalid="skip", truncate=truncate)
 
+    def _my_chunks(self, records: list[dict], kind_of) -> list[tuple[list[int], bool]]:
+        """This rank's (record indices, padding?) batches: batches of one kind each, dealt over ranks kind by kind.
+
+        Every rank runs the same number of batches of each kind in the same order (a rank short of
+        batches repeats one and discards it), so under FSDP the same units gather in every call.
+        """
+        kinds = [kind_of(r) for r in records]
+        mine = []
+        for kind in dict.fromkeys(kinds):
+            idx = [i for i, k in enumerate(kinds) if k == kind]
+            chunks = [idx[s : s + self.settings.batch_size] for s in range(0, len(idx), self.settings.batch_size)]
+            share = [(c, False) for c in chunks[self.rank :: self.world]]
+            mine += share + [(chunks[0], True)] * (-(-len(chunks) // self.world) - len(share))
+        return mine
+
+    def _gather(self, local: list) -> list:
+        """Every rank's list, concatenated (this rank's alone on one process)."""
+        if self.world == 1:
+            return local
+        every: list = [None] * self.world
+        dist.all_gather_object(every, local)
+        return [x for part in every for x in part]
+
     @torch.no_grad()
     def answers(self, records: list[dict]) -> list[str | None]:
         """The greedy answer to each record's prompt (None when its images cannot be read)."""
         out: list[str | None] = [None] * len(records)
         # One group per generate call, and image and text-only prompts never share a padded batch.
-        kinds = [(r["group"], bool(r["images"])) for r in records]
-        for kind in dict.fromkeys(kinds):
-            idx = [i for i, k in enumerate(kinds) if k == kind]
-            for start in range(0, len(idx), self.settings.batch_size):
-                chunk = idx[start : start + self.settings.batch_size]
-                for i, text in zip(chunk, self._generate([records[i] for i in chunk])):
-                    out[i] = text
+        local = []
+        for chunk, padding in self._my_chunks(records, lambda r: (r["group"], bool(r["images"]))):
+            texts = self._generate([records[i] for i in chunk])
+            if not padding:
+                local += list(zip(chunk, texts))
+        for i, text in self._gather(local):
+            out[i] = text
         return out
 
     def _generate(self, records: list[dict]) -> list[str | None]:
@@ -120,9 +147,12 @@ class Evaluator:
         was_training = self.model.training
         self.model.eval()
         try:
-            ids = self.model.generate(
-                **inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
-            )
+            with _root_gathered(self.model):
+                ids = self.model.generate(
+                    **inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
+                    # Ranks finish at different lengths: each keeps running forwards until all are done (sharded weights).
+                    synced_gpus=self.world > 1,
+                )
         finally:
             self.model.train(was_training)
         texts = iter(self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
@@ -138,23 +168,27 @@ class Evaluator:
     def losses(self, records: list[dict]) -> dict[str, tuple[float, int]]:
         """Per group: (summed token loss, supervised tokens) on the references, as validation computes them."""
         sums = {g: [0.0, 0] for g in self.group_names}
+        local = []
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(records), self.settings.batch_size):
-                batch = self.collator(records[start : start + self.settings.batch_size])
+            # Image and text-only records in separate batches, so every rank runs the same modules in each forward.
+            for chunk, padding in self._my_chunks(records, lambda r: bool(r["images"])):
+                batch = self.collator([records[i] for i in chunk])
                 if batch["input_ids"].numel() == 0:
                     continue
                 inputs = self._on_model({k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS})
                 labels = batch["labels"].to(inputs["input_ids"].device)
                 token_loss, rows = supervised_token_losses(self.model, inputs, labels)
                 group_of_row = batch["group_ids"].to(labels.device)[rows]
-                for g, name in enumerate(self.group_names):
-                    mask = group_of_row == g
-                    sums[name][0] += float(token_loss[mask].double().sum())
-                    sums[name][1] += int(mask.sum())
+                if not padding:
+                    local += [(name, float(token_loss[group_of_row == g].double().sum()), int((group_of_row == g).sum()))
+                              for g, name in enumerate(self.group_names)]
         finally:
             self.model.train(was_training)
+        for name, loss, tokens in self._gather(local):
+            sums[name][0] += loss
+            sums[name][1] += tokens
         return {g: (s, n) for g, (s, n) in sums.items()}
 
     def evaluate(self, records: list[dict]) -> dict:
@@ -181,6 +215,25 @@ class Evaluator:
                 "loss": loss_sum / tokens if tokens else None,
             }
         return {"groups": groups, "samples": samples}
+
+
+@contextmanager
+def _root_gathered(model):
+    """Under FSDP2, the root unit's weights gathered for a whole `generate`.
+
+    generate encodes images (get_image_features) before its first forward, outside the hooks
+    that gather the root unit; the blocks still gather in their own forwards.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def eval_metrics(result: dict) -> dict[str, float]:

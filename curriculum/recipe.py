@@ -292,10 +292,12 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
     if final_validation_due(cfg, parts, trainer):
         trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
     module = parts.module
-    if cfg.eval.generate and trainer.is_global_zero and parts.bundle.val:
+    if cfg.eval.generate and parts.bundle.val:
+        # Every rank answers its share (sharded weights gather in every forward); all get every answer.
         result = generation_eval(cfg, parts)
         module.write_metrics(eval_metrics(result), trainer.global_step - 1)
-        log.info("generation scores: %s (answers in %s)", _scores_line(result), write_eval(run_dir, result))
+        if trainer.is_global_zero:
+            log.info("generation scores: %s (answers in %s)", _scores_line(result), write_eval(run_dir, result))
     if module.skipped_total:
         log.warning("%d drawn training sample(s) were skipped (%s): see %s", module.skipped_total,
                     _distinct_skipped(os.path.join(run_dir, "skipped.jsonl")), os.path.join(run_dir, "skipped.jsonl"))

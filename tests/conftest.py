@@ -101,15 +101,16 @@ def png(path, color=(255, 0, 0), size=(32, 32)) -> str:
     return str(path)
 
 
-def run_cli(name: str, *overrides: str, cwd: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(name: str, *overrides: str, cwd: str | None = None, check: bool = True, timeout: float = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a console script (`python -m curriculum.cli.<name>`) with overrides; capture its output."""
     proc = subprocess.run(
         [sys.executable, "-m", f"curriculum.cli.{name}", *overrides],
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        timeout=600,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -56,7 +56,6 @@ def test_defaults_are_valid():
         ({"trainer": {"devices": -1}}, "trainer.devices=-1 is not allowed"),
         ({"trainer": {"strategy": "deepspeed_stage_3"}}, "trainer.strategy=deepspeed_stage_3 is not supported: DeepSpeed keeps gradients"),
         ({"trainer": {"strategy": "fsdp_cpu_offload"}}, "trainer.strategy=fsdp_cpu_offload is not supported: use fsdp"),
-        ({"trainer": {"strategy": "fsdp"}, "eval": {"generate": True}}, "eval.generate=true is not supported with trainer.strategy=fsdp"),
         ({"trainer": {"strategy": "fsdp"}, "export": {"mode": "merged"}, "model": {"peft": {}, "trainable": {"language": "lora"}}},
          "export.mode=merged is not supported with trainer.strategy=fsdp"),
         ({"data": {"train_files": ["a.json"], "file_groups": {"b.json": "x"}}}, "data.file_groups names b.json, which is not in data.train_files or data.val_files"),

@@ -330,7 +330,7 @@ class Collator:
         return _Prepared(record, images, text, list(enc["input_ids"]), supervised, special, turns)
 
     def _encode(self, prepared: list[_Prepared], skipped: list[dict]) -> dict:
-        while True:
+        while prepared:
             if self.text_rows_by_tokenizer:
                 prepared = sorted(prepared, key=lambda p: not p.images)  # stable: rows with images first
             try:
@@ -360,7 +360,7 @@ class Collator:
                 if p is not None:
                     kept.append(p)
             prepared = kept
-        if not prepared:
+        else:  # nothing drawn (a rank's padding batch) or nothing usable left
             return {"input_ids": torch.zeros(0, 0, dtype=torch.long), "group_ids": torch.zeros(0, dtype=torch.long), "sample_ids": []}
         width = min(out["input_ids"].shape[1], self.max_length)
         batch = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,81 @@
+"""The same training on several processes as on one: uneven validation and generation over 2 and 3 gloo ranks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+from curriculum.datamodule import _RankSlices
+
+BASE = [
+    "schedule.stages.align.steps=2", "schedule.stages.blend.steps=2", "trainer.val_every_n_steps=2", "trainer.accelerator=cpu",
+    "data.num_workers=0", "export.enabled=false", "trainer.enable_progress_bar=false",
+    "eval.generate=true", "eval.max_samples_per_group=6", "eval.batch_size=4", "eval.max_new_tokens=4",
+]
+# A hang (a rank waiting in a collective the others never join) fails the test instead of blocking it.
+HANG = 240
+
+
+def columns(run, prefix: str) -> list[tuple[str, dict]]:
+    """(step, {column: value}) of the metrics.csv rows that have columns starting with `prefix`."""
+    with open(os.path.join(run, "metrics.csv"), newline="") as f:
+        out = []
+        for r in csv.DictReader(f):
+            picked = {k: float(v) for k, v in r.items() if k.startswith(prefix) and v}
+            if picked:
+                out.append((r["step"], picked))
+        return out
+
+
+def assert_close(got, want, rel=1e-5):
+    assert [s for s, _ in got] == [s for s, _ in want] and [sorted(r) for _, r in got] == [sorted(r) for _, r in want]
+    for (step, g), (_, w) in zip(got, want):
+        for k in w:
+            assert g[k] == pytest.approx(w[k], rel=rel), (step, k)
+
+
+@pytest.mark.parametrize("batch, world", [(48, 2), (128, 2), (40, 3), (7, 3)])
+def test_every_rank_gets_the_same_number_of_validation_batches_and_every_record_once(batch, world):
+    order = np.arange(128)
+    slices = [_RankSlices(order, batch, r, world).batches for r in range(world)]
+    assert len({len(s) for s in slices}) == 1 and len(slices[0]) >= 1
+    assert sorted(i for s in slices for b in s for i in b) == order.tolist()
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, cache_dir, shapes):
+    """The reference: one process, global batch 6."""
+    run = tmp_path_factory.mktemp("one")
+    run_cli("train", *BASE, "data.micro_batch_size=6", f"hydra.run.dir={run}")
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # FSDP: 128 validation records in batches of 48, 48, 32 over 2 ranks; one rank has an empty batch.
+        ["trainer=fsdp", "trainer.precision=32-true", "model.dtype=float32", "model.gradient_checkpointing=false", "trainer.devices=2",
+         "data.micro_batch_size=3", "data.val_micro_batch_size=48"],
+        # DDP: one validation batch for 2 ranks (rank 1 would have none).
+        ["trainer=ddp_cpu", "data.micro_batch_size=3", "data.val_micro_batch_size=128"],
+        # DDP on 3 ranks, a rank count that divides nothing: 4 validation batches, generation chunks 2 per group.
+        ["trainer=ddp_cpu", "trainer.devices=3", "data.micro_batch_size=2", "data.val_micro_batch_size=40"],
+    ],
+    ids=["fsdp-2", "ddp-2", "ddp-3"],
+)
+def test_uneven_validation_and_generation_finish_and_equal_one_process(one_process, tmp_path, layout):
+    run = tmp_path / "run"
+    run_cli("train", *BASE, *layout, f"hydra.run.dir={run}", timeout=HANG)
+    assert_close(columns(run, "val/loss"), columns(one_process, "val/loss"))
+    assert_close(columns(run, "eval/loss"), columns(one_process, "eval/loss"))
+    answers = json.loads((run / "eval.json").read_text())["samples"]
+    reference = json.loads((one_process / "eval.json").read_text())["samples"]
+    assert [a["id"] for a in answers] == [r["id"] for r in reference] and len(answers) == 12
+    assert all(a["prediction"] is not None for a in answers)
