@@ -91,6 +91,8 @@ class ShardedStrategy(ModelParallelStrategy):
         module = self.model
         meta = torch.load(os.path.join(path, META), weights_only=False)
         state = {"state_dict": get_model_state_dict(module)}
+        refuse_missing_trained(module, state["state_dict"], path)
+        # Partial: the checkpoint leaves out the weights no stage trains (they come from the base model).
         load(state, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=True))
         module.load_state_dict(state["state_dict"], strict=False)
         with_state = set(meta.get("curriculum", {}).get("optimizer_state", []))
@@ -103,6 +105,27 @@ class ShardedStrategy(ModelParallelStrategy):
             for p in [p for p in optimizer.state if names.get(id(p)) not in with_state]:
                 del optimizer.state[p]
         return meta
+
+
+def refuse_missing_trained(module, wanted: dict, path: str) -> None:
+    """Refuse a sharded checkpoint that lacks weights some stage trains (e.g. renamed by another transformers version).
+
+    A partial load would otherwise leave them at the base model's values and train on from there.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from curriculum.config import ConfigError
+
+    saved = FileSystemReader(path).read_metadata().state_dict_metadata
+    frozen = set(module._never_trained())
+    params = {n for n, _ in module.named_parameters()}
+    missing = sorted(k for k in wanted if k in params and k not in frozen and f"state_dict.{k}" not in saved)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ConfigError(
+            f"resume: {path} holds no saved values for {len(missing)} trained weight(s) ({shown}); were the model's keys renamed "
+            "(another transformers version)? Resume with the versions it was trained with, or start a new run."
+        )
 
 
 def swap_in(tmp: str, path: str) -> None:

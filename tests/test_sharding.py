@@ -158,3 +158,25 @@ def test_a_sharded_rank_whose_samples_were_all_skipped_still_runs_the_whole_forw
     # Every language and projector parameter, and the vision tower's (but the post-layernorm LLaVA's features skip).
     assert all(g is not None for n, g in grads.items() if component_of(n) != "vision")
     assert [n for n, g in grads.items() if g is None] == ["model.vision_tower.post_layernorm.weight", "model.vision_tower.post_layernorm.bias"]
+
+
+def test_a_sharded_resume_missing_a_trained_weight_is_refused_naming_it(tmp_path):
+    """A partial load would leave a trained weight at the base model's value; it is refused instead."""
+    from curriculum.config import ConfigError
+    from curriculum.sharding import refuse_missing_trained
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trained, self.frozen = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+        def _never_trained(self):
+            return ["frozen.weight", "frozen.bias"]
+
+    module = Tiny()
+    lean = {k: v for k, v in module.state_dict().items() if k.startswith("trained.")}
+    dcp.save({"state_dict": lean}, checkpoint_id=str(tmp_path / "whole"))
+    refuse_missing_trained(module, module.state_dict(), str(tmp_path / "whole"))  # frozen weights may be absent
+    dcp.save({"state_dict": {"trained.bias": lean["trained.bias"]}}, checkpoint_id=str(tmp_path / "renamed"))
+    with pytest.raises(ConfigError, match=r"no saved values for 1 trained weight\(s\) \(trained.weight\)"):
+        refuse_missing_trained(module, module.state_dict(), str(tmp_path / "renamed"))
