@@ -100,6 +100,9 @@ class ModelConfig:
     name_or_path: str = "builtin:tiny-llava"
     # Weights' dtype when loaded (trainer.precision=bf16-true keeps them in bf16 while training).
     dtype: str = "float32"
+    # dtype of the weights no stage trains (null = model.dtype). With trainer.precision=bf16-mixed,
+    # bfloat16 halves their memory while trained weights, gradients and AdamW's state stay float32.
+    frozen_dtype: Optional[str] = None
     # null = the model's default (SDPA where supported); flash_attention_2 when installed.
     attn_implementation: Optional[str] = None
     # Recompute activations in backward (transformers' gradient checkpointing): less memory, ~30% more compute.
@@ -116,6 +119,8 @@ class ModelConfig:
     def check(self) -> None:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"model.dtype={self.dtype} is not allowed: use float32, bfloat16 or float16.")
+        if self.frozen_dtype not in (None, "float32", "bfloat16"):
+            raise ConfigError(f"model.frozen_dtype={self.frozen_dtype} is not allowed: use null, float32 or bfloat16.")
         for comp, pattern in (self.components or {}).items():
             if comp not in COMPONENTS:
                 raise ConfigError(f"model.components.{comp} is not allowed: use {', '.join(COMPONENTS)}.")
@@ -261,8 +266,9 @@ class ScheduleConfig:
                     raise ConfigError(f"{key}.ramp.shape={r.shape} is not allowed: use linear or cosine.")
 
 
-# Lightning's precision settings (bf16/16 need a GPU), with the short aliases Lightning also accepts.
+# Lightning's precision settings, with the short aliases Lightning also accepts (fp16 ones are refused in check).
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "32", "16", "bf16", "64")
+FP16 = ("16-mixed", "16-true", "16")
 
 
 def device_count(devices: Any) -> int | None:
@@ -309,6 +315,12 @@ class TrainerConfig:
         _positive("trainer.num_nodes", self.num_nodes)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision} is not allowed: use one of {', '.join(PRECISIONS)}.")
+        if self.precision in FP16:
+            raise ConfigError(
+                f"trainer.precision={self.precision} is not supported: fp16 needs loss scaling, and with this project's token-sum "
+                "loss it overflows and skips steps that still advance the LR and the sample stream; use bf16-mixed (or 32-true on "
+                "GPUs without bf16)."
+            )
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
             raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val} is not allowed: use 0 or more (or null for none).")
         if self.limit_val_batches is not None:
@@ -424,6 +436,12 @@ class RunConfig:
             raise ConfigError(
                 f"trainer.max_steps={self.trainer.max_steps} is not allowed: the schedule has {total} steps; "
                 "use at most that, or lengthen a stage."
+            )
+        frozen = self.model.frozen_dtype
+        if frozen is not None and frozen != self.model.dtype and self.trainer.precision not in ("bf16-mixed", "bf16"):
+            raise ConfigError(
+                f"model.frozen_dtype={frozen} differs from model.dtype={self.model.dtype} and needs trainer.precision=bf16-mixed "
+                f"(autocast computes with both), not {self.trainer.precision}."
             )
         if self.trainer.strategy == "fsdp" and self.export.mode == "merged":
             raise ConfigError(

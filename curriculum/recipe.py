@@ -22,7 +22,7 @@ from curriculum.evaluate import EvalSettings, Evaluator, eval_metrics, eval_reco
 from curriculum.export import export_model
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
-from curriculum.model.module import VisionDummy, VLMModule, vision_dummy_inputs
+from curriculum.model.module import VisionDummy, VLMModule, images_before_embeddings, one_image_sample, vision_dummy_inputs
 from curriculum.plan import build_plan, plot_plan, write_plan
 from curriculum.report import write_run_report
 from curriculum.resume import RUN_CONFIG
@@ -73,7 +73,13 @@ def build_vision_dummy(cfg: RunConfig, processor, model) -> VisionDummy | None:
             f"trainer.strategy=fsdp does not support {type(model).__name__} yet: its language model reads images through "
             "cross-attention layers, which a text-only rank cannot run inside the same sharded forward; use trainer.strategy=ddp."
         )
-    return VisionDummy(vision_dummy_inputs(processor, model), full_tower=shards_parameters(cfg))
+    if not shards_parameters(cfg):
+        return VisionDummy(vision_dummy_inputs(processor, model), full_tower=False)
+    try:
+        images_first = images_before_embeddings(model, one_image_sample(processor, model))
+    except Exception:  # noqa: BLE001 - a processor that cannot build a bare one-image sample: the usual order
+        images_first = False
+    return VisionDummy(vision_dummy_inputs(processor, model), full_tower=True, images_first=images_first)
 
 
 def load_checked_data(cfg: RunConfig) -> DataBundle:

@@ -34,21 +34,37 @@ def block_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def shard_model(model: torch.nn.Module, mesh) -> int:
-    """Shard each block, then the rest as the root unit, over `mesh`; returns the number of blocks.
+def vocabulary_units(model: torch.nn.Module) -> list[list[torch.nn.Module]]:
+    """The input embeddings and the LM head as units of their own: one unit when they share a weight, else two.
 
-    The root keeps embeddings, norms, head and projector: they are gathered for the whole forward,
-    so a zero-weight vision pass run inside it reaches them like a real image does.
+    At 7B with a 150k vocabulary they hold ~1.1B parameters; inside the root unit they would stay
+    gathered (with their gradients) for the whole step on every rank.
     """
-    from torch.distributed.fsdp import fully_shard
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head is embed:
+        return [[embed]]
+    if getattr(head, "weight", None) is getattr(embed, "weight", False):  # tied: one unit keeps the shared parameter whole
+        return [[embed, head]]
+    return [[embed], [head]]
+
+
+def shard_model(model: torch.nn.Module, mesh, param_dtype: torch.dtype | None = None) -> int:
+    """Shard each block, the embeddings and the head, then the rest as the root unit, over `mesh`; returns the units before the root.
+
+    The root keeps norms and projector: they are gathered for the whole forward, so a zero-weight
+    vision pass run inside it reaches them like a real image does. With `param_dtype` (bf16-mixed)
+    the float32 shards are gathered in that dtype and gradients reduced in float32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # Multimodal models return image features as a list (views of one tensor); nothing edits them in place.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-    blocks = block_modules(model)
-    for block in blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return len(blocks)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype is not None else MixedPrecisionPolicy()
+    units = [[b] for b in block_modules(model)] + vocabulary_units(model)
+    for unit in units:
+        fully_shard(unit if len(unit) > 1 else unit[0], mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return len(units)
 
 
 def full_state_dict(model: torch.nn.Module) -> dict:

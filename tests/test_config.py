@@ -51,6 +51,11 @@ def test_defaults_are_valid():
         ({"optim": {"min_lr_ratio": -1.0}}, "optim.min_lr_ratio=-1.0 is not allowed: use a value in [0, 1]."),
         ({"trainer": {"precision": "foo"}}, "trainer.precision=foo is not allowed: use one of 32-true, bf16-mixed"),
         ({"trainer": {"gradient_clip_val": -1.0}}, "trainer.gradient_clip_val=-1.0 is not allowed"),
+        # A summed-token loss overflows fp16 loss scaling: skipped steps would still advance the LR and the stream.
+        ({"trainer": {"precision": "16-mixed"}}, "trainer.precision=16-mixed is not supported: fp16 needs loss scaling"),
+        ({"trainer": {"precision": 16}}, "trainer.precision=16 is not supported: fp16 needs loss scaling"),
+        ({"model": {"frozen_dtype": "bfloat16"}}, "model.frozen_dtype=bfloat16 differs from model.dtype=float32 and needs trainer.precision=bf16-mixed"),
+        ({"model": {"frozen_dtype": "float16"}}, "model.frozen_dtype=float16 is not allowed: use null, float32 or bfloat16."),
         ({"trainer": {"limit_val_batches": -1}}, "trainer.limit_val_batches=-1 is not allowed: use a positive value."),
         ({"trainer": {"devices": "auto"}}, "trainer.devices='auto' is not allowed: give the number of processes per node"),
         ({"trainer": {"devices": -1}}, "trainer.devices=-1 is not allowed"),
@@ -86,7 +91,7 @@ def test_world_size_counts_the_processes_devices_asks_for(devices, processes):
     assert cfg.world_size() == 2 * processes and cfg.global_batch() == 3 * 2 * processes * 2
 
 
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "32", "bf16", 16])
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "32", "bf16", "bf16-true"])
 def test_lightning_precision_names_and_aliases_are_accepted(precision):
     assert check(trainer={"precision": precision}).trainer.precision == str(precision)
 

@@ -165,3 +165,36 @@ def test_only_supervised_positions_reach_the_lm_head(arch, tmp_path):
     assert rows.tolist() == (labels != -100).nonzero()[:, 0].tolist()
     token_loss.sum().backward()
     assert all(g is not None for g in grads_of(module, "language"))
+
+
+def test_the_sharded_dummy_runs_the_vision_path_where_a_real_image_batch_does(arch, tmp_path):
+    """Under FSDP every rank gathers units in call order: a text-only forward must reach the text embeddings and
+    the vision tower in the order an image forward does (the probe finds it; Gemma 4 encodes images first)."""
+    from curriculum.model.module import images_before_embeddings, one_image_sample
+
+    module, collate = module_for(arch, TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full))
+    model = module.model
+    if not hasattr(model, "get_image_features"):
+        pytest.skip("cross-attention families (Mllama) are refused with trainer.strategy=fsdp")
+    modules = dict(model.named_modules())
+    tower = [modules[p] for p in component_prefixes(model)["vision"] if p in modules]
+    order = []
+    handles = [model.get_input_embeddings().register_forward_pre_hook(lambda *_: order.append("text"))]
+    handles += [m.register_forward_pre_hook(lambda *_: order.append("images")) for m in tower]
+
+    def first_of(batch) -> str:
+        order.clear()
+        with torch.no_grad():
+            module.group_losses(batch)
+        return next(x for x in order if x in ("text", "images"))
+
+    real = first_of(collate([record("i", "<image>\nQ?", "A.", [png(tmp_path / "a.png")])]))
+    for h in handles:  # the probe's own hooks only
+        h.remove()
+    images_first = images_before_embeddings(model, one_image_sample(load_processor(arch), model))
+    assert images_first == (real == "images")
+    module.sharded = True
+    module.vision_dummy = VisionDummy(vision_dummy_inputs(load_processor(arch), model), full_tower=True, images_first=images_first)
+    handles = [model.get_input_embeddings().register_forward_pre_hook(lambda *_: order.append("text"))]
+    handles += [m.register_forward_pre_hook(lambda *_: order.append("images")) for m in tower]
+    assert first_of(collate([record("t", "Q?", "A.")])) == real

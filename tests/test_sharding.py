@@ -63,13 +63,15 @@ def test_a_text_only_rank_does_not_hang_and_sharded_training_equals_ddp(tmp_path
     initial, final, after_align = s0[0]["params"], s0[-1]["params"], s0[1]["params"]
     assert all(torch.equal(after_align[n], initial[n]) for n in final if "language_model" in n)
     assert any("language_model" in n for n in changed) and any("multi_modal_projector" in n for n in changed)
-    # DDP on the same batches (test_ddp.py shows DDP equals one process): the same updates.
+    # DDP on the same batches (test_ddp.py shows DDP equals one process): the same updates. Within 1% of one
+    # update (lr 1e-3): AdamW's first steps are ~lr x sign(gradient), so float rounding of a near-zero gradient
+    # summed in another order (reduce-scatter per unit vs one all-reduce) moves a few elements by up to ~1e-5.
     (tmp_path / "ddp").mkdir()
     (d0, _), _ = run_ddp(tmp_path / "ddp", "frozen")
     for before, after in zip(s0, d0):
         assert before["ids"] == after["ids"]
         for n in final:
-            torch.testing.assert_close(before["params"][n], after["params"][n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+            torch.testing.assert_close(before["params"][n], after["params"][n], rtol=1e-5, atol=1e-5, msg=lambda m, n=n: f"{n}: {m}")
 
 
 FSDP_CPU = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "model.dtype=float32"]

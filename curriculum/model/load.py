@@ -98,7 +98,17 @@ def load_model(cfg: ModelConfig, path: str, trainable: TrainableConfig | None = 
         model = _with_lora(model, cfg, trainable)
     counts = apply_trainability(model, trainable)
     log.info("trainable parameters per component: %s", counts)
+    if cfg.frozen_dtype not in (None, cfg.dtype):
+        cast_frozen(model, DTYPES[cfg.frozen_dtype])
     return model
+
+
+def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the weights no stage trains (requires_grad off) in `dtype`; trained ones keep theirs."""
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    for p in frozen:
+        p.data = p.data.to(dtype)
+    log.info("%d frozen parameter tensors stored in %s", len(frozen), str(dtype).removeprefix("torch."))
 
 
 @contextmanager

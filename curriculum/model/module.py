@@ -40,8 +40,7 @@ def vision_dummy_inputs(processor, model) -> dict:
     size = size if isinstance(size, int) else 32
     image = Image.new("RGB", (size, size))
     if not hasattr(model, "get_image_features"):
-        sample = processor(text=[processor.image_token], images=[[image]], return_tensors="pt")
-        return {k: v for k, v in sample.items() if isinstance(v, torch.Tensor)}
+        return one_image_sample(processor, model)
     pixels = dict(processor.image_processor(images=[image], return_tensors="pt"))
     accepted = inspect.signature(model.get_image_features).parameters
     # A signature hidden behind a decorator's (*args, **kwargs) (MiniCPM-V) takes every tensor the processor made.
@@ -59,10 +58,12 @@ class VisionDummy:
     collective to join.
     """
 
-    def __init__(self, inputs: dict, full_tower: bool):
+    def __init__(self, inputs: dict, full_tower: bool, images_first: bool = False):
         self.inputs = inputs
         # Sharded parameters: every rank must run the whole tower, trained or not.
         self.full_tower = full_tower
+        # The model encodes images before it embeds the text (see images_before_embeddings).
+        self.images_first = images_first
         self._projector_calls: list | None = None
         self._placed: tuple | None = None
         self._loose: list[str] | None = None
@@ -91,19 +92,20 @@ class VisionDummy:
 
     @contextmanager
     def inside_forward(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype):
-        """Compute the term at the start of `model`'s next forward, into the yielded list.
+        """Compute the term inside `model`'s next forward, into the yielded list.
 
-        With sharded parameters every rank must gather the same units in the same order; run
-        first inside the forward, the vision path gathers its blocks where a real image batch
-        gathers them (after the root unit, before the language model's layers).
+        With sharded parameters every rank must gather the same units in the same order: the
+        vision path runs where a real image batch runs it, just after the text embeddings (or just
+        before them, for a model that encodes images first), before the language model's layers.
         """
         terms: list[torch.Tensor] = []
 
-        def run(module, args, kwargs):
+        def run(*_):
             if not terms:
                 terms.append(self.term(model, device, dtype, True))
 
-        handle = model.register_forward_pre_hook(run, with_kwargs=True)
+        embeddings = model.get_input_embeddings()
+        handle = embeddings.register_forward_pre_hook(run) if self.images_first else embeddings.register_forward_hook(run)
         try:
             yield terms
         finally:
@@ -111,6 +113,48 @@ class VisionDummy:
 
     def _inputs_on(self, device: torch.device, dtype: torch.dtype) -> dict:
         return {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in self.inputs.items()}
+
+
+class _First(Exception):
+    """Raised by the first hooked module a forward reaches."""
+
+
+def images_before_embeddings(model: torch.nn.Module, sample: dict) -> bool:
+    """Whether `model`'s forward encodes images before it embeds the text (Gemma 4), as FSDP units then gather.
+
+    The forward of a one-image sample stops at whichever comes first, so it costs nothing. A sample
+    the model cannot take counts as the usual order (text embeddings first).
+    """
+    modules = dict(model.named_modules())
+    vision = [modules[p] for p in component_prefixes(model)["vision"] if p in modules]
+    order: list[str] = []
+
+    def stop(name):
+        def hook(*_):
+            order.append(name)
+            raise _First
+
+        return hook
+
+    handles = [model.get_input_embeddings().register_forward_pre_hook(stop("text"))]
+    handles += [m.register_forward_pre_hook(stop("images")) for m in vision]
+    try:
+        with torch.no_grad():
+            model(**sample, use_cache=False)
+    except Exception:  # noqa: BLE001 - _First, or a sample this family's forward refuses
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return order[:1] == ["images"]
+
+
+def one_image_sample(processor, model) -> dict:
+    """A whole one-image sample (the image token and its pixels), as the processor builds it."""
+    size = getattr(getattr(model.config, "vision_config", None), "image_size", 32)
+    image = Image.new("RGB", (size, size) if isinstance(size, int) else (32, 32))
+    sample = processor(text=[processor.image_token], images=[[image]], return_tensors="pt")
+    return {k: v for k, v in sample.items() if isinstance(v, torch.Tensor)}
 
 
 def _projector_calls(model: torch.nn.Module, inputs: dict) -> list:
@@ -285,8 +329,11 @@ class VLMModule(pl.LightningModule):
 
         frozen = self._never_trained()
         self._identity = (sorted(frozen), weights_identity(self.state_dict(keep_vars=True), frozen))
-        blocks = shard_model(self.model, self.device_mesh["data_parallel"])
-        log.info("sharded %d blocks and the rest of the model over %d processes (FSDP2)", blocks, self.device_mesh["data_parallel"].size())
+        # bf16-mixed: float32 shards (the optimizer's precision), gathered in bf16 for compute.
+        param_dtype = torch.bfloat16 if str(self.trainer.precision) in ("bf16-mixed", "bf16") else None
+        units = shard_model(self.model, self.device_mesh["data_parallel"], param_dtype)
+        log.info("sharded %d units (blocks, embeddings, head) and the rest of the model over %d processes (FSDP2)", units,
+                 self.device_mesh["data_parallel"].size())
         # Sharding replaced the parameters: find the trained ones again.
         self._trained = None
         self.enter_stage(self._stage or self.schedule.stage_at(self.start_step))
