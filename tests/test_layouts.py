@@ -79,3 +79,61 @@ def test_uneven_validation_and_generation_finish_and_equal_one_process(one_proce
     reference = json.loads((one_process / "eval.json").read_text())["samples"]
     assert [a["id"] for a in answers] == [r["id"] for r in reference] and len(answers) == 12
     assert all(a["prediction"] is not None for a in answers)
+
+
+def test_a_process_on_a_later_node_has_a_rank_above_zero(monkeypatch):
+    from curriculum.cli.common import process_rank
+
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("NODE_RANK", "1")
+    assert process_rank() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert process_rank() == 6
+    monkeypatch.setenv("RANK", "5")
+    assert process_rank() == 5
+
+
+NODES = [
+    "schedule.stages.align.steps=2", "schedule.stages.blend.steps=4", "trainer.val_every_n_steps=3", "checkpoint.every_n_steps=2",
+    "trainer.accelerator=cpu", "data.num_workers=0", "export.enabled=false", "trainer.enable_progress_bar=false", "logger.sample_ids=true",
+]
+
+
+@pytest.mark.slow
+def test_two_nodes_train_as_one_process_and_resume_on_one_node_with_two_processes(tmp_path, cache_dir, shapes):
+    """2 nodes x 1 process, started as a cluster launcher starts them (MASTER_ADDR/PORT, NODE_RANK, WORLD_SIZE,
+    LOCAL_RANK), stop at step 3; resumed on 1 node x 2 processes: the metrics of 1 process with the same global batch."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    one, run = tmp_path / "one", tmp_path / "nodes"
+    run_cli("train", *NODES, "data.micro_batch_size=4", f"hydra.run.dir={one}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "curriculum.cli.train", *NODES, "data.micro_batch_size=2", "trainer.strategy=ddp",
+             "trainer.num_nodes=2", "trainer.devices=1", "trainer.max_steps=3", f"hydra.run.dir={run}"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node), "WORLD_SIZE": "2",
+                 "LOCAL_RANK": "0", "PYTHONWARNINGS": "ignore"},
+        )
+        for node in (0, 1)
+    ]
+    for proc in nodes:
+        _, err = proc.communicate(timeout=HANG)
+        assert proc.returncode == 0, err[-3000:]
+    assert (run / "train_rank1.log").exists()  # the second node logs to its own file, not into rank 0's train.log
+    assert sorted(p.name for p in (run / "sample_ids").iterdir()) == ["rank0.jsonl", "rank1.jsonl"]
+    run_cli("train", f"resume={run}", "trainer.max_steps=null", "trainer.num_nodes=1", "trainer.devices=2", timeout=HANG)
+    assert_close(columns(run, "train/"), columns(one, "train/"))
+    assert_close(columns(run, "val/loss"), columns(one, "val/loss"))
+    assert columns(run, "samples/") == columns(one, "samples/")
+    assert "trainer.num_nodes: 2 -> 1" in (run / "resumes.jsonl").read_text()

@@ -45,11 +45,21 @@ def first_line(e: BaseException) -> str:
 
 
 def process_rank() -> int:
-    """This process's global rank as the launchers set it (0 outside distributed runs)."""
-    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+    """This process's global rank as the launchers set it (0 outside distributed runs; > 0 on any node but the first)."""
+    for var in ("RANK", "SLURM_PROCID"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
-    return 0
+    # Lightning's global rank: node x processes per node + local rank (any process on a later node is > 0).
+    local, node, per_node = (int(os.environ.get(v, "") or default) for v, default in (("LOCAL_RANK", 0), ("NODE_RANK", 0), ("LOCAL_WORLD_SIZE", 1)))
+    return node * per_node + local
+
+
+def _own_log_file(handler: logging.FileHandler) -> logging.FileHandler:
+    """A handler writing to train_rank<r>.log beside the shared train.log (processes started by a cluster launcher)."""
+    own = logging.FileHandler(os.path.join(os.path.dirname(handler.baseFilename), f"train_rank{process_rank()}.log"))
+    own.setFormatter(handler.formatter)
+    own.setLevel(handler.level)
+    return own
 
 
 def quiet_output(lightning: bool = True) -> None:
@@ -69,11 +79,16 @@ def quiet_output(lightning: bool = True) -> None:
     for message in (r".*isinstance\(treespec, LeafSpec\)", r".*is_gradient_checkpointing. is deprecated", r"Total length of .* across ranks is zero"):
         warnings.filterwarnings("ignore", message=message)
     if process_rank() > 0:
-        # Hydra gives each DDP child its own log file (train_ddp_process_<r>.log); the console is rank 0's.
+        # Hydra gives each DDP child Lightning starts its own log file (train_ddp_process_<r>.log); a process
+        # started by a cluster launcher (other nodes, torchrun, SLURM) gets train_rank<r>.log. The console is rank 0's.
         root = logging.getLogger()
         for handler in list(root.handlers):
             if not isinstance(handler, logging.FileHandler):
                 root.removeHandler(handler)
+            elif os.path.basename(handler.baseFilename) == "train.log":
+                root.removeHandler(handler)
+                handler.close()
+                root.addHandler(_own_log_file(handler))
 
 
 def discard_unstarted(run_dir: str, marker: str) -> None:
