@@ -307,6 +307,9 @@ class TrainerConfig:
     # Deterministic algorithms: a resumed run repeats the uninterrupted one value for value (CPU
     # default); GPU kernels without a deterministic version then raise, so trainer=gpu turns it off.
     deterministic: bool = True
+    # Intra-op CPU threads per process; null = the cores this process may use, divided among the
+    # node's processes, less one per DataLoader worker (oversubscribed OpenMP threads spin).
+    threads: Optional[int] = None
 
     def check(self) -> None:
         if self.max_steps is not None:
@@ -337,6 +340,8 @@ class TrainerConfig:
                 f"trainer.devices={self.devices!r} is not allowed: give the number of processes per node (e.g. 2) or "
                 "device indices (e.g. [0,1]), since the global batch and the plan depend on it."
             )
+        if self.threads is not None:
+            _positive("trainer.threads", self.threads)
         if self.val_every_n_steps < 0:
             raise ConfigError(f"trainer.val_every_n_steps={self.val_every_n_steps} is not allowed: use 0 or more.")
 

@@ -10,11 +10,12 @@ import warnings
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import OmegaConf
 
 from curriculum.atomic import write_json
 from curriculum.callbacks import AtomicCheckpointIO, GenerationEval, RunCheckpoints, StageProgressBar, StepRows
-from curriculum.config import ConfigError, Mode, RunConfig
+from curriculum.config import ConfigError, Mode, RunConfig, device_count
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule, data_fingerprint
@@ -273,12 +274,29 @@ def write_status(run_dir: str, status: str, reason: str | None = None) -> None:
     write_json(os.path.join(run_dir, "status.json"), {"status": status, "reason": reason}, indent=None)
 
 
+def cpu_threads(cfg: RunConfig) -> tuple[int, str]:
+    """Intra-op threads for this process, and why: trainer.threads, else its cores shared by the node's processes and workers.
+
+    DataLoader workers run one thread each (torch sets that in every worker), so each takes a core.
+    """
+    if cfg.trainer.threads is not None:
+        return cfg.trainer.threads, "trainer.threads"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = device_count(cfg.trainer.devices) or 1
+    workers = cfg.data.num_workers
+    threads = max(1, cores // processes - workers)
+    return threads, f"{cores} usable core(s) / {processes} process(es) on this node - {workers} DataLoader worker(s); trainer.threads overrides"
+
+
 def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> str:
     """Run (or, with cfg.resume, continue) a training job in `run_dir` and return the run folder."""
     resumed = prepare_resume(cfg, run_dir, overrides or []) if cfg.resume else None
     if resumed:
         cfg = resumed.cfg
         log.info("resuming %s at step %d%s", run_dir, resumed.step, "; changes: " + ", ".join(resumed.changes) if resumed.changes else "")
+    threads, why = cpu_threads(cfg)
+    torch.set_num_threads(threads)
+    log.info("intra-op CPU threads: %d (%s)", threads, why)
     pl.seed_everything(cfg.seed, workers=True)
     parts = build_parts(cfg, run_dir, resumed.data_fingerprint if resumed else None, resumed.step if resumed else 0)
     trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)

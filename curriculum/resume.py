@@ -24,7 +24,7 @@ CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "s
 # (data.check_images may change: the data digest check refuses a resume whose records it changes.)
 FREE = ("logger.", "checkpoint.", "export.", "eval.", "paths.", "data.num_workers", "data.val_micro_batch_size", "data.check_images",
         "trainer.enable_progress_bar", "trainer.val_every_n_steps", "trainer.limit_val_batches", "trainer.max_steps",
-        "trainer.deterministic", "model.gradient_checkpointing")
+        "trainer.deterministic", "trainer.threads", "model.gradient_checkpointing")
 # Keys that may change as long as the global batch (micro batch x ranks x accumulation) stays the same.
 LAYOUT = ("data.micro_batch_size", "trainer.accumulate_grad_batches", "trainer.devices", "trainer.num_nodes",
           "trainer.strategy", "trainer.accelerator", "trainer.find_unused_parameters")

@@ -107,3 +107,16 @@ def test_export_keeps_the_base_tokenizers_padding_side(cache_dir, shapes, tmp_pa
     cfg = quick_config(cache_dir, ModelConfig(name_or_path=str(base)))
     train(cfg, str(tmp_path / "run"))
     assert AutoProcessor.from_pretrained(tmp_path / "run" / "export").tokenizer.padding_side == "left"
+
+
+@pytest.mark.parametrize(
+    "cores, devices, workers, threads, expected",
+    [(8, 1, 0, None, 8), (8, 2, 2, None, 2), (2, 1, 2, None, 1), (16, 8, 4, None, 1), (2, 1, 0, 3, 3)],
+)
+def test_cpu_threads_share_the_usable_cores_among_processes_and_workers(monkeypatch, cores, devices, workers, threads, expected):
+    from curriculum.recipe import cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    cfg = RunConfig(trainer=TrainerConfig(devices=devices, threads=threads), data=DataConfig(num_workers=workers))
+    n, why = cpu_threads(cfg)
+    assert n == expected and ("trainer.threads" in why)
