@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
+from curriculum import run_lock
 from curriculum.atomic import write_json
 from curriculum.callbacks import AtomicCheckpointIO, GenerationEval, RunCheckpoints, StageProgressBar, StepRows
 from curriculum.config import ConfigError, Mode, RunConfig, device_count
@@ -160,7 +161,7 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         from pytorch_lightning.loggers import TensorBoardLogger
 
         # On resume, TensorBoard discards the events the killed process wrote at or after the checkpoint.
-        purge = {"purge_step": resume_step} if resume_step else {}
+        purge = {"purge_step": resume_step} if resume_step is not None else {}
         loggers.append(TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", **purge))
     # Components a stage freezes run in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -290,8 +291,19 @@ def cpu_threads(cfg: RunConfig) -> tuple[int, str]:
 
 def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> str:
     """Run (or, with cfg.resume, continue) a training job in `run_dir` and return the run folder."""
+    try:
+        return _train(cfg, run_dir, overrides)
+    finally:
+        # A sweep's next job runs in this process: the folder is free for a resume once its job ended.
+        run_lock.release(run_dir)
+
+
+def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
     resumed = prepare_resume(cfg, run_dir, overrides or []) if cfg.resume else None
-    if resumed:
+    if resumed and resumed.checkpoint is None:
+        cfg = resumed.cfg
+        log.info("starting %s again from step 0: it stopped before its first checkpoint", run_dir)
+    elif resumed:
         cfg = resumed.cfg
         log.info("resuming %s at step %d%s", run_dir, resumed.step, "; changes: " + ", ".join(resumed.changes) if resumed.changes else "")
     threads, why = cpu_threads(cfg)
@@ -301,6 +313,9 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
     parts = build_parts(cfg, run_dir, resumed.data_fingerprint if resumed else None, resumed.step if resumed else 0)
     trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
     if trainer.is_global_zero:
+        note = run_lock.acquire(run_dir)  # held already when a resume took it before Hydra started
+        if note:
+            log.warning("%s", note)
         write_status(run_dir, "running")
         log.info("run folder: %s", run_dir)
         write_plan(parts.plan, run_dir)

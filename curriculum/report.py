@@ -19,6 +19,7 @@ import textwrap
 import numpy as np
 import yaml
 
+from curriculum import run_lock
 from curriculum.metrics_file import FILE, read_rows
 from curriculum.stats import mean_interval
 
@@ -54,8 +55,13 @@ def read_json(path: str) -> dict:
 
 
 def read_status(run_dir: str) -> dict:
-    """status.json as {status, reason, step}; a run without one is failed (no metrics) or running."""
+    """status.json as {status, reason, step}; a run without one is failed (no metrics) or running.
+
+    A run that says `running` while no process holds its lock was killed: it is `stopped`.
+    """
     data = read_json(os.path.join(run_dir, "status.json"))
+    if data.get("status") == "running" and os.path.isfile(os.path.join(run_dir, run_lock.LOCK)) and run_lock.holder(run_dir) is None:
+        return {"status": "stopped", "reason": "its process ended without a word (killed?); resume=<run> continues it", "step": data.get("step")}
     if data.get("status"):
         return {"status": data["status"], "reason": data.get("reason"), "step": data.get("step")}
     if not os.path.isfile(os.path.join(run_dir, "metrics.csv")):

@@ -35,28 +35,58 @@ class Resume:
     run_dir: str
     cfg: RunConfig
     step: int
-    checkpoint: str
+    # None: the run stopped before its first checkpoint and starts again from step 0 in its folder.
+    checkpoint: str | None
     changes: list[str]
     # The data fingerprint saved with the checkpoint (None for checkpoints that predate it).
     data_fingerprint: str | None = None
 
 
+def is_training_run(path: str) -> bool:
+    """A curriculum-train folder: it wrote status.json, or was killed before that (Hydra's job name says train)."""
+    if os.path.isfile(os.path.join(path, "status.json")):
+        return True
+    try:
+        return OmegaConf.load(os.path.join(path, ".hydra", "hydra.yaml")).hydra.job.name == "train"
+    except Exception:  # noqa: BLE001 - no or unreadable hydra.yaml: not a run this command made
+        return False
+
+
+def run_status(path: str) -> str | None:
+    """What status.json says (running, completed, failed), or None when it was never written."""
+    try:
+        with open(os.path.join(path, "status.json"), encoding="utf-8") as f:
+            return json.load(f).get("status")
+    except (OSError, ValueError):
+        return None
+
+
 def find_run(spec: str, output_root: str) -> str:
-    """The run folder `spec` names, or the newest training run folder under `output_root` for `latest`."""
+    """The run folder `spec` names, or for `latest` the newest training run under `output_root` that can continue.
+
+    A run can continue from its checkpoint, or, killed before its first one (status `running`, or
+    none written yet), from step 0 in its folder.
+    """
     if spec != "latest":
         path = os.path.abspath(os.path.expanduser(spec))
         if not os.path.isfile(os.path.join(path, ".hydra", "config.yaml")):
             raise ConfigError(f"resume={spec} is not a run folder: {path}/.hydra/config.yaml does not exist.")
-        if not os.path.isfile(os.path.join(path, "status.json")):
-            raise ConfigError(f"resume={spec} is not a training run: {path} has no status.json (curriculum-plan folders train nothing).")
+        hydra_files = [os.path.join(path, ".hydra", f) for f in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+        if not os.path.isfile(os.path.join(path, "status.json")) and not all(os.path.isfile(f) and os.path.getsize(f) for f in hydra_files):
+            raise ConfigError(
+                f"resume={spec}: {path}/.hydra is incomplete (the run was killed while it started, before it trained anything), so "
+                "its config is unknown: start it again with its own command."
+            )
+        if not is_training_run(path):
+            raise ConfigError(f"resume={spec} is not a training run: {path} was not made by curriculum-train (curriculum-plan folders train nothing).")
         return path
     found = glob.glob(os.path.join(output_root, "*", "*", ".hydra", "config.yaml"))
     found += glob.glob(os.path.join(output_root, "multirun", "*", "*", "*", ".hydra", "config.yaml"))
-    # Only training runs that wrote a checkpoint can continue (curriculum-plan folders have no status.json).
-    found = [f for f in found if last_checkpoint(os.path.dirname(os.path.dirname(f)))]
-    if not found:
-        raise ConfigError(f"resume=latest found no training run with a checkpoint under {os.path.abspath(output_root)}.")
-    return os.path.abspath(os.path.dirname(os.path.dirname(max(found, key=os.path.getmtime))))
+    runs = [os.path.dirname(os.path.dirname(f)) for f in found]
+    runs = [r for r in runs if is_training_run(r) and (last_checkpoint(r) or run_status(r) in (None, "running"))]
+    if not runs:
+        raise ConfigError(f"resume=latest found no training run to continue under {os.path.abspath(output_root)}.")
+    return os.path.abspath(max(runs, key=lambda r: os.path.getmtime(os.path.join(r, ".hydra", "config.yaml"))))
 
 
 def saved_config(run_dir: str):
@@ -182,12 +212,12 @@ def pin_started_ramps(old: RunConfig, new: RunConfig, done: int) -> None:
 def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     """The config to continue with, the checkpoint and step to continue from, and the accepted changes."""
     ckpt = last_checkpoint(run_dir)
-    if ckpt is None:
-        raise ConfigError(
-            f"resume={cfg.resume}: {os.path.join(run_dir, 'checkpoints', LAST)} does not exist; the run stopped before its first "
-            "checkpoint, start it again."
-        )
     base_raw = saved_config(run_dir)
+    if ckpt is None:
+        # Nothing was trained that a change could contradict: the run starts again in its folder.
+        new = validate(apply_overrides(base_raw, overrides))
+        new.resume = None
+        return Resume(run_dir, new, 0, None, ["started again from step 0: the run stopped before its first checkpoint"])
     # The saved config ran; rules added since must not lock its run out (the new config is checked).
     old = validate(base_raw, check=False)
     new_raw = apply_overrides(base_raw, overrides)

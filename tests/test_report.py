@@ -254,3 +254,18 @@ def test_cli_on_wrong_folder(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     missing = run_cli(str(tmp_path / "missing"))
     assert missing.returncode == 2 and "missing" in missing.stderr
+
+
+def test_a_running_run_whose_process_is_gone_reads_as_stopped(tmp_path):
+    from curriculum import run_lock
+    from curriculum.report import read_status
+
+    (tmp_path / "status.json").write_text('{"status": "running", "reason": null}')
+    (tmp_path / "metrics.csv").write_text("step\n")
+    run_lock.acquire(str(tmp_path))
+    try:
+        assert read_status(str(tmp_path))["status"] == "running"
+    finally:
+        run_lock.release(str(tmp_path))
+    stopped = read_status(str(tmp_path))  # the lock file stays, no process holds it
+    assert stopped["status"] == "stopped" and "killed?" in stopped["reason"]

@@ -115,6 +115,37 @@ def test_a_run_stopped_early_then_killed_at_every_kind_of_point_resumes_to_ident
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), key
 
 
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_starts_again_and_a_live_run_is_not_resumed(reference, tmp_path):
+    """A requeued job can repeat `resume=<run>` whenever it was killed: during start-up (no status.json yet) or
+    before the first checkpoint, the run starts again from step 0 in its folder; while a process trains the run,
+    a second one is refused, naming it; once that process is killed, the resume goes on. The end equals the
+    uninterrupted run."""
+    run = tmp_path / "run"
+    late = [*ARGS, "checkpoint.every_n_steps=100"]  # the first checkpoint comes at the end of align (step 4)
+    first = subprocess.Popen([sys.executable, "-m", "curriculum.cli.train", *late, f"hydra.run.dir={run}"], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = lambda: (run / ".hydra" / "overrides.yaml").exists() and (run / ".hydra" / "overrides.yaml").stat().st_size  # noqa: E731
+    kill_when(first, started)  # start-up: Hydra's files, nothing of ours yet
+    assert not (run / "status.json").exists()
+    second = start_resume(f"resume={run}")
+    # Frozen (alive, holding the run) once it trains, so the refusal is checked before its first checkpoint.
+    kill_when(second, lambda: train_rows_at_least(run, 1)() and second.send_signal(signal.SIGSTOP) is None and _refused_while(run, second.pid))
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+    proc = run_cli("train", f"resume={run}", "trainer.max_steps=null")
+    assert "took over the lock of process" in proc.stderr and "again from step 0" in proc.stderr
+    assert rows(run) == reference
+    assert read_json(run / "status.json")["status"] == "completed"
+
+
+def _refused_while(run, pid: int) -> bool:
+    """A resume of `run` while process `pid` trains it is refused in one sentence naming that process."""
+    proc = run_cli("train", f"resume={run}", check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: resume: {run} is still being trained by process {pid} on ")
+    return True
+
+
 def test_atomic_checkpoint_keeps_the_previous_file_when_a_save_dies(tmp_path, monkeypatch):
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
@@ -281,14 +312,15 @@ def finished_run(tmp_path_factory, cache_dir, shapes):
     return run
 
 
-def test_resume_latest_skips_plan_folders_and_runs_without_checkpoint(tmp_path):
+def test_resume_latest_takes_the_newest_run_that_can_continue(tmp_path):
     from curriculum.config import ConfigError
     from curriculum.resume import find_run
 
-    def folder(name, status, checkpoint=False):
+    def folder(name, status, checkpoint=False, job="train"):
         d = tmp_path / "2026-01-01" / name
         (d / ".hydra").mkdir(parents=True)
-        (d / ".hydra" / "config.yaml").write_text("{}\n")
+        for f, text in (("config.yaml", "seed: 0\n"), ("hydra.yaml", f"hydra:\n  job:\n    name: {job}\n"), ("overrides.yaml", "[]\n")):
+            (d / ".hydra" / f).write_text(text)
         if status:
             (d / "status.json").write_text(f'{{"status": "{status}"}}\n')
         if checkpoint:
@@ -296,13 +328,25 @@ def test_resume_latest_skips_plan_folders_and_runs_without_checkpoint(tmp_path):
             (d / "checkpoints" / "last.ckpt").write_bytes(b"")
         return d
 
+    def age(d, t):
+        os.utime(d / ".hydra" / "config.yaml", (t, t))
+
     run = folder("00-00-00", status="running", checkpoint=True)
-    plan = folder("00-00-01", status=None)  # a later curriculum-plan folder
-    folder("00-00-02", status="failed")  # a later run that stopped before its first checkpoint
-    os.utime(run / ".hydra" / "config.yaml", (1, 1))
+    plan = folder("00-00-01", status=None, job="plan")  # a later curriculum-plan folder
+    folder("00-00-02", status="failed")  # a later run that failed before its first checkpoint: not continued blindly
+    for k, d in enumerate(sorted((tmp_path / "2026-01-01").iterdir())):
+        age(d, 1000 + k)
     assert find_run("latest", str(tmp_path)) == str(run)
-    with pytest.raises(ConfigError, match="is not a training run: .* has no status.json"):
+    with pytest.raises(ConfigError, match="is not a training run: .* was not made by curriculum-train"):
         find_run(str(plan), str(tmp_path))
+    # Killed during start-up, after Hydra's files: the newest run that can continue (from step 0).
+    killed = folder("00-00-03", status=None)
+    age(killed, 2000)
+    assert find_run("latest", str(tmp_path)) == str(killed)
+    # Killed while Hydra wrote its files: nothing says what it was.
+    (killed / ".hydra" / "overrides.yaml").write_text("")
+    with pytest.raises(ConfigError, match=r"\.hydra is incomplete .* start it again with its own command"):
+        find_run(str(killed), str(tmp_path))
 
 
 def fake_run(tmp_path, done: int, *overrides: str):

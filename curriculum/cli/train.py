@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -15,7 +14,8 @@ from omegaconf import DictConfig
 
 from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, process_rank, run_task, user_message
 from curriculum.config import ConfigError, RunConfig
-from curriculum.resume import find_run, prepare
+from curriculum import run_lock
+from curriculum.resume import find_run, run_status, prepare
 
 
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
@@ -50,6 +50,9 @@ def resume_args(args: list[str]) -> list[str]:
         return args
     root = next((a.split("=", 1)[1] for a in args if a.startswith("paths.output_root=")), "outputs")
     run = find_run(spec, root)
+    live = run_lock.holder(run)
+    if live:
+        raise ConfigError(f"resume: {run} is still being trained by process {live['pid']} on {live['host']}; wait for it to end or stop it first.")
     if spec == "latest":
         print(f"resume=latest: continuing {run}", file=sys.stderr)
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
@@ -57,26 +60,24 @@ def resume_args(args: list[str]) -> list[str]:
     total = resumed.cfg.trainer.max_steps or resumed.cfg.schedule_steps()
     # A run killed after its last checkpoint but before it said "completed" still owes its final
     # validation, export and report: resuming it does just that (training is skipped).
-    if resumed.step >= total and _status(run) == "completed":
+    if resumed.step >= total and resumed.checkpoint and run_status(run) == "completed":
         more = (
             "raise trainer.max_steps (or set it to null)" if resumed.cfg.trainer.max_steps else
             "lengthen a stage or add one, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
         )
         raise Complete(f"resume: {run} is complete: it trained all {total} steps it is configured for; nothing was changed. To train on, {more}.")
+    if resumed.checkpoint is None:
+        print(f"resume: {run} stopped before its first checkpoint: it starts again from step 0 in its folder", file=sys.stderr)
     from curriculum.recipe import load_resumable_data
 
     load_resumable_data(resumed.cfg, resumed.data_fingerprint)
+    if process_rank() == 0:  # the process that trains holds the lock from here on (other nodes' processes do not)
+        note = run_lock.acquire(run)
+        if note:
+            print(f"resume: {note}", file=sys.stderr)
     # The saved config is the base: its keys (e.g. stages the default config lacks) may be overridden.
     args = [f"resume={run}" if a.startswith("resume=") else _force(a) for a in args]
     return args + [f"hydra.run.dir={run}", f"hydra.output_subdir=.hydra/resume-{time.strftime('%Y%m%d-%H%M%S')}"]
-
-
-def _status(run: str) -> str | None:
-    try:
-        with open(os.path.join(run, "status.json"), encoding="utf-8") as f:
-            return json.load(f).get("status")
-    except (OSError, ValueError):
-        return None
 
 
 def _force(arg: str) -> str:
