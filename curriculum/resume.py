@@ -7,6 +7,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from omegaconf import OmegaConf
@@ -145,7 +146,7 @@ def flatten(d, prefix: str = "") -> dict:
         if isinstance(v, dict) and v:
             out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{k}"] = v.value if isinstance(v, Enum) else v  # messages show `error`, not an enum's repr
     return out
 
 
@@ -160,6 +161,10 @@ def _stage_starts(cfg: RunConfig) -> dict[str, int]:
 def refused_change(old: RunConfig, new: RunConfig, key: str, done: int) -> bool:
     """True when changing `key` would change steps the run has already trained."""
     if key.startswith(FREE) or key.startswith(LAYOUT) or key == "resume":
+        return False
+    if key == "data.on_invalid" and old.data.on_invalid.value == "error":
+        # Under `error` nothing can have been skipped: the run stopped at its first invalid sample
+        # (the fix its error message suggests); the data digest still refuses changed records.
         return False
     if not key.startswith("schedule.stages."):
         return True

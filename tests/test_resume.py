@@ -496,3 +496,17 @@ def test_lora_resume_uses_lean_checkpoints_and_the_runs_own_config(tmp_path, cac
     assert read_json(run / "status.json")["status"] == "completed"
     assert (run / "export" / "config.json").exists() and not (run / "export" / "adapter_config.json").exists()
     assert read_json(run / "plan.json")["steps"] == 5
+
+
+def test_the_skip_policy_an_error_suggests_is_accepted_on_resume_and_refusals_print_values(tmp_path):
+    """A run stopped by an invalid sample (under `error`, nothing was skipped) resumes with data.on_invalid=skip;
+    the opposite change is refused, and the sentence names the values as the user writes them."""
+    from curriculum.config import ConfigError, RunConfig
+    from curriculum.resume import prepare
+
+    run = fake_run(tmp_path / "a", 3)
+    r = prepare(RunConfig(resume=str(run)), str(run), ["data.on_invalid=skip"])
+    assert r.cfg.data.on_invalid.value == "skip" and r.changes == ["data.on_invalid: 'error' -> 'skip'"]
+    run = fake_run(tmp_path / "b", 3, "data.on_invalid=skip")
+    with pytest.raises(ConfigError, match=r"`data.on_invalid` cannot change when resuming at step 3 \(was 'skip', now 'error'\)"):
+        prepare(RunConfig(resume=str(run)), str(run), ["data.on_invalid=error"])
