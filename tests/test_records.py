@@ -312,3 +312,22 @@ def test_embedded_images_are_read_by_dataloader_workers(tmp_path):
 
 def _colours(records: list[dict]) -> list[tuple]:
     return [tuple(load_image(ref).getpixel((0, 0)) for ref in r["images"]) for r in records]
+
+
+def test_a_file_edited_with_its_size_and_mtime_restored_is_read_again(data):
+    """`cp -p`, `rsync -a` or `tar x` put back the mtime; the table cache must still see the new records."""
+    tmp_path, mixed, _ = data
+    cache = str(tmp_path / "cache")
+    before, _ = load_or_build([mixed], cache_dir=cache)
+    first = before[0]["messages"][-1]["content"]
+    stat = os.stat(mixed)
+    with open(mixed, encoding="utf-8") as f:
+        text = f.read()
+    edited = text.replace(first, first[::-1], 1)  # same size
+    assert edited != text and len(edited) == len(text)
+    with open(mixed, "w", encoding="utf-8") as f:
+        f.write(edited)
+    os.utime(mixed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(mixed).st_size == stat.st_size and os.stat(mixed).st_mtime_ns == stat.st_mtime_ns
+    after, report = load_or_build([mixed], cache_dir=cache)
+    assert not report.reused and after[0]["messages"][-1]["content"] == first[::-1]

@@ -285,13 +285,17 @@ def _check_file_groups(files: list[str], file_groups: dict[str, str] | None) -> 
 
 
 def records_fingerprint(files: list[str], image_root: str | None, file_groups: dict[str, str] | None, check_images: str = "header") -> str:
-    """Short sha256 of the inputs (paths, sizes, mtimes, image_root, file_groups, image check, schema version)."""
+    """Short sha256 of the inputs (paths, inodes, sizes, mtimes, ctimes, image_root, file_groups, image check, schema version).
+
+    The ctime and inode notice a file edited or replaced with its mtime restored (`cp -p`, `rsync -a`,
+    `tar x`), which size and mtime alone miss.
+    """
     entries = []
     for path in files:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"data file not found: {path}")
         stat = os.stat(path)
-        entries.append([path, os.path.abspath(path), stat.st_size, stat.st_mtime_ns])
+        entries.append([path, os.path.abspath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
     payload = {
         "schema_version": SCHEMA_VERSION,
         "files": entries,
