@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from curriculum.atomic import write_json
-from curriculum.data.collate import Collator, adds_special_tokens, padded_copy, to_hf_messages
+from curriculum.data.collate import Collator, adds_special_tokens, padded_copy, render_chat, to_hf_messages
 from curriculum.data.images import ImageError, load_image
 from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
 
@@ -132,7 +132,7 @@ class Evaluator:
                 continue
             usable.append(True)
             prompt, _ = split_reference(r)
-            prompts.append(self.processor.apply_chat_template(to_hf_messages(prompt), tokenize=False, add_generation_prompt=True))
+            prompts.append(render_chat(self.processor, to_hf_messages(prompt), add_generation_prompt=True))
         if not prompts:
             return [None] * len(records)
         special = adds_special_tokens(self.tokenizer, prompts[0])

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import png, record
 from families import generation_suffix, image_token_id, supervised
-from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, adds_special_tokens, align, assistant_spans, takes_text_only, to_hf_messages
+from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, adds_special_tokens, align, assistant_spans, for_template, takes_text_only, to_hf_messages
 from curriculum.model.load import load_processor
 
 GROUPS = ["image_text", "text_only"]
@@ -32,7 +32,7 @@ def test_labels_cover_exactly_the_assistant_turns(arch, tmp_path):
     assert batch["sample_ids"] == ["i", "m"]
     # The training ids start as the processor's own generation prompt for the last answer: BOS exactly as there, never doubled.
     ids = batch["input_ids"][1].tolist()
-    history = to_hf_messages(multi["messages"][:-1])
+    history = for_template(processor, to_hf_messages(multi["messages"][:-1]))
     if takes_text_only(processor):
         prompt = processor.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=True)
     else:  # PaliGemma's processor refuses text-only prompts: its tokenizer encodes them, as for training
@@ -125,7 +125,10 @@ def test_all_skipped_batch_is_empty_not_an_error(processor, tmp_path):
 
 def test_placeholders_become_image_parts():
     msgs = to_hf_messages([{"role": "user", "content": "<image>\nA<image>B"}])
-    assert msgs[0]["content"] == [{"type": "image"}, {"type": "text", "text": "\nA"}, {"type": "image"}, {"type": "text", "text": "B"}]
+    assert msgs[0]["content"] == [{"type": "image"}, {"type": "text", "text": "A"}, {"type": "image"}, {"type": "text", "text": "B"}]
+    # One newline beside a placeholder belongs to it (LLaVA's `<image>\n`); a second one is text.
+    msgs = to_hf_messages([{"role": "user", "content": "Look:\n<image>\n\nWhat?"}])
+    assert msgs[0]["content"] == [{"type": "text", "text": "Look:"}, {"type": "image"}, {"type": "text", "text": "\nWhat?"}]
 
 
 def test_assistant_spans_are_exact(processor):
@@ -309,3 +312,14 @@ def test_a_sample_the_processor_refuses_with_any_error_follows_the_policy(proces
     assert batch["skipped"][0]["reason"] == "the processor refused it: list index out of range"
     with pytest.raises(SampleError, match=r"record o \(test.jsonl\): the processor refused it: list index out of range"):
         Collator(processor, GROUPS, 512, "error")([record("o", "An odd question?", "A.")])
+
+
+def test_a_template_that_writes_assistant_content_as_a_string_is_given_strings(arch):
+    """GLM-4.1V's template loops over content parts for user turns only: assistant and system turns are written as
+    `{{ content }}`, so parts would be trained as their Python repr. Such roles get strings; the others keep parts."""
+    from curriculum.data.collate import render_chat, string_content_roles
+
+    processor = load_processor(arch)
+    text = render_chat(processor, to_hf_messages([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "The answer."}]))
+    assert "The answer." in text and "'type'" not in text and '"type"' not in text
+    assert ("assistant" in string_content_roles(processor)) == (arch.endswith("tiny-glm4v"))

@@ -43,7 +43,12 @@ class _Prepared:
 
 
 def to_hf_messages(messages: list[dict]) -> list[dict]:
-    """Canonical messages -> transformers structured content, `<image>` placeholders as image parts."""
+    """Canonical messages -> transformers structured content, `<image>` placeholders as image parts.
+
+    One newline beside a placeholder (LLaVA's `<image>\nWhat colour?`) belongs to the image: content
+    parts at inference carry none, and a template that writes its own newline after an image would
+    otherwise get two.
+    """
     out = []
     for m in messages:
         parts: list[dict] = []
@@ -51,10 +56,58 @@ def to_hf_messages(messages: list[dict]) -> list[dict]:
         for k, piece in enumerate(pieces):
             if k:
                 parts.append({"type": "image"})
+                piece = piece[1:] if piece.startswith("\n") else piece
+            if k < len(pieces) - 1 and piece.endswith("\n"):
+                piece = piece[:-1]
             if piece:
                 parts.append({"type": "text", "text": piece})
         out.append({"role": m["role"], "content": parts})
     return out
+
+
+_PROBE = "Pq7zProbe"
+
+
+def string_content_roles(processor) -> frozenset[str]:
+    """Roles whose turns the chat template writes as `{{ content }}`: given content parts, it would print their repr.
+
+    Found once per processor by rendering a probe turn of each role as parts (GLM-4.1V loops over
+    parts for user turns only); a role whose template fails on the probe keeps parts.
+    """
+    cached = getattr(processor, "_string_content_roles", None)
+    if cached is not None:
+        return cached
+    roles = set()
+    for role in ("system", "user", "assistant"):
+        turns = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}, {"role": "assistant", "content": [{"type": "text", "text": "Yes"}]}]
+        probe = [{"type": "text", "text": _PROBE}]
+        if role == "system":
+            turns = [{"role": "system", "content": probe}, *turns]
+        else:
+            turns[0 if role == "user" else 1]["content"] = probe
+        try:
+            text = processor.apply_chat_template(turns, tokenize=False)
+        except Exception:  # noqa: BLE001 - e.g. a template without system turns
+            continue
+        if f"'text': '{_PROBE}'" in text or f'"text": "{_PROBE}"' in text:
+            roles.add(role)
+    cached = frozenset(roles)
+    processor._string_content_roles = cached
+    return cached
+
+
+def for_template(processor, messages: list[dict]) -> list[dict]:
+    """Structured messages as the processor's chat template reads them: text-only turns as strings where it expects strings."""
+    strings = string_content_roles(processor)
+    return [
+        {"role": m["role"], "content": _text_of(m)} if m["role"] in strings and all(p["type"] == "text" for p in m["content"]) else m
+        for m in messages
+    ]
+
+
+def render_chat(processor, messages: list[dict], **kwargs) -> str:
+    """The processor's chat template applied to structured messages (see for_template)."""
+    return processor.apply_chat_template(for_template(processor, messages), tokenize=False, **kwargs)
 
 
 def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -67,7 +120,7 @@ def assistant_spans(processor, messages: list[dict]) -> tuple[str, list[tuple[in
     by rendering the whole conversation with stand-ins for that turn's content.
     """
     def render(msgs: list[dict], **kwargs) -> str:
-        return processor.apply_chat_template(msgs, tokenize=False, **kwargs)
+        return render_chat(processor, msgs, **kwargs)
 
     text = render(messages)
     spans = []

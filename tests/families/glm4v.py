@@ -16,18 +16,20 @@ ASSISTANT_PROMPT = "<|assistant|>"
 # Same markers and layout as GLM-4.1V-9B's chat template (rendered with trim_blocks/lstrip_blocks):
 # [gMASK]<sop><|system|>\n{sys}<|user|>\n{image}{text}<|assistant|>\n{answer}<|user|>\n...
 # No default system prompt; no BOS token (the tokenizer adds nothing, the template writes [gMASK]<sop>).
+# As in the real one, only user turns are read as content parts: system and assistant turns are written as
+# `{{ content }}`, which prints a list of parts as its Python repr (the collator passes them as strings).
 GLM4V_TEMPLATE = (
     "[gMASK]<sop>"
     "{% for m in messages %}"
-    "{% if m['role'] == 'system' %}<|system|>\n"
-    "{% elif m['role'] == 'user' %}<|user|>\n"
-    "{% else %}<|assistant|>\n{% endif %}"
+    "{% if m['role'] == 'user' %}<|user|>\n"
     "{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
     "{% elif c['type'] == 'video' %}<|begin_of_video|><|video|><|end_of_video|>"
     "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
+    "{% elif m['role'] == 'system' %}<|system|>\n{{ m['content'] }}"
+    "{% else %}<|assistant|>\n{{ m['content'] }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
