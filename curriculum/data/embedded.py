@@ -3,7 +3,7 @@
 A record table never holds image bytes: an embedded image is a reference string naming the data
 file, row, column and list item. DataLoader workers resolve it when they build a batch: Arrow
 files (`save_to_disk` shards) through a memory map (no copy), Parquet files one row group at a
-time with a small per-process cache of decoded row groups.
+time, through one per-process cache of open files and decoded row groups bounded in both.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 PREFIX = "embedded:"
-# Decoded Parquet row groups kept per process: consecutive reads of one row group are common
-# when a batch holds several images of one record or length grouping keeps neighbours together.
-_ROW_GROUPS_KEPT = 2
+# One process-wide cache (per DataLoader worker) of open data files and decoded Parquet row groups,
+# bounded so that thousands of shards neither run out of file descriptors nor grow without end.
+# Row groups are kept because consecutive reads of one are common (several images of one record,
+# length grouping keeping neighbours together).
+OPEN_FILES_KEPT = 32
+ROW_GROUP_BYTES_KEPT = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -110,35 +113,39 @@ class _ArrowRows:
     """Rows of an Arrow IPC file or stream, memory-mapped: reading a value copies nothing."""
 
     def __init__(self, path: str):
-        self.table = read_arrow(path)
+        self.source = pa.memory_map(path, "r")
+        self.table = read_arrow(self.source)
 
     def value(self, row: int, column: str):
         return self.table.column(column)[row]
 
+    def close(self) -> None:
+        self.table = None
+        self.source.close()
+
 
 class _ParquetRows:
-    """Rows of a Parquet file, read one row group (of one column) at a time."""
+    """Rows of a Parquet file, read one row group (of one column) at a time through the shared row-group cache."""
 
     def __init__(self, path: str):
+        self.path = path
         self.file = pq.ParquetFile(path)
         meta = self.file.metadata
         self.starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
-        self.groups: OrderedDict[tuple[int, str], pa.ChunkedArray] = OrderedDict()
 
     def value(self, row: int, column: str):
         group = int(np.searchsorted(self.starts, row, side="right")) - 1
-        key = (group, column)
-        if key not in self.groups:
-            self.groups[key] = self.file.read_row_group(group, columns=[column]).column(column)
-            while len(self.groups) > _ROW_GROUPS_KEPT:
-                self.groups.popitem(last=False)
-        self.groups.move_to_end(key)
-        return self.groups[key][row - int(self.starts[group])]
+        values = _CACHE.row_group((self.path, group, column), lambda: self.file.read_row_group(group, columns=[column]).column(column))
+        return values[row - int(self.starts[group])]
+
+    def close(self) -> None:
+        self.file.close()
 
 
-def read_arrow(path: str) -> pa.Table:
-    """A memory-mapped table from an Arrow IPC stream (what `datasets` writes) or IPC file."""
-    source = pa.memory_map(path, "r")
+def read_arrow(source) -> pa.Table:
+    """A memory-mapped table from an Arrow IPC stream (what `datasets` writes) or IPC file (a path or an open memory map)."""
+    if isinstance(source, str):
+        source = pa.memory_map(source, "r")
     try:
         return pa.ipc.open_stream(source).read_all()
     except pa.ArrowInvalid:
@@ -146,16 +153,48 @@ def read_arrow(path: str) -> pa.Table:
         return pa.ipc.open_file(source).read_all()
 
 
-_readers: dict[str, _ArrowRows | _ParquetRows] = {}
-_readers_pid = os.getpid()
+class ReaderCache:
+    """Open data files (least recently used closed first) and decoded row groups (bounded in bytes) of one process."""
+
+    def __init__(self, files: int = OPEN_FILES_KEPT, row_group_bytes: int = ROW_GROUP_BYTES_KEPT):
+        self.max_files = files
+        self.max_bytes = row_group_bytes
+        self.readers: OrderedDict[str, _ArrowRows | _ParquetRows] = OrderedDict()
+        self.groups: OrderedDict[tuple, pa.ChunkedArray] = OrderedDict()
+        self.bytes = 0
+        self.pid = os.getpid()
+
+    def reader(self, path: str) -> _ArrowRows | _ParquetRows:
+        """The open reader of `path`, opened (and another closed, past the bound) when needed."""
+        if self.pid != os.getpid():  # a forked worker must not share the parent's open files
+            self.__init__(self.max_files, self.max_bytes)
+        if path in self.readers:
+            self.readers.move_to_end(path)
+            return self.readers[path]
+        while len(self.readers) >= self.max_files:
+            old, reader = self.readers.popitem(last=False)
+            for key in [k for k in self.groups if k[0] == old]:
+                self.bytes -= self.groups.pop(key).nbytes
+            reader.close()
+        reader = _ParquetRows(path) if path.lower().endswith(".parquet") else _ArrowRows(path)
+        self.readers[path] = reader
+        return reader
+
+    def row_group(self, key: tuple, read) -> pa.ChunkedArray:
+        """The decoded row group `key` ((file, group, column)), read with `read()` when not kept; older ones leave past the bound."""
+        if key in self.groups:
+            self.groups.move_to_end(key)
+            return self.groups[key]
+        values = read()
+        self.groups[key] = values
+        self.bytes += values.nbytes
+        while self.bytes > self.max_bytes and len(self.groups) > 1:
+            self.bytes -= self.groups.popitem(last=False)[1].nbytes
+        return values
+
+
+_CACHE = ReaderCache()
 
 
 def _reader(path: str) -> _ArrowRows | _ParquetRows:
-    global _readers_pid
-    # A forked worker must not share the parent's open files: start its own cache.
-    if _readers_pid != os.getpid():
-        _readers.clear()
-        _readers_pid = os.getpid()
-    if path not in _readers:
-        _readers[path] = _ParquetRows(path) if path.lower().endswith(".parquet") else _ArrowRows(path)
-    return _readers[path]
+    return _CACHE.reader(path)
