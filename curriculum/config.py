@@ -363,6 +363,8 @@ class ExportConfig:
     enabled: bool = True
     # auto: adapter when PEFT is used, full model otherwise; merged: merge LoRA into the weights.
     mode: str = "auto"
+    # Where the export goes; null = <run folder>/export.
+    dir: Optional[str] = None
 
     def check(self) -> None:
         if self.mode not in ("auto", "merged", "adapter"):

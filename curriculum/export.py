@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 
+import torch
+
 
 _LOAD_MODEL = """```python
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -50,3 +52,39 @@ def export_model(model, processor, out_dir: str, mode: str = "auto", state_dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return kind
+
+
+def export_dir(cfg, run_dir: str) -> str:
+    """Where a run's export goes: export.dir, else <run>/export."""
+    return os.path.abspath(os.path.expanduser(cfg.export.dir)) if cfg.export.dir else os.path.join(run_dir, "export")
+
+
+def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load a run checkpoint's trained weights (a file, or a sharded folder read on one process) into `model`.
+
+    Checkpoints hold the weights some stage trains; the rest come from the base model, which must be
+    the one the run was trained on (the checkpoint's identity of those weights says).
+    """
+    from curriculum.config import ConfigError
+    from curriculum.model.module import weights_identity
+    from curriculum.resume import checkpoint_meta, is_sharded_checkpoint
+
+    # The LightningModule holds the model as `model`: its checkpoint keys carry that prefix.
+    current = {f"model.{k}": v for k, v in model.state_dict(keep_vars=True).items()}
+    meta = torch.load(checkpoint_meta(checkpoint), map_location="cpu", weights_only=False)
+    if is_sharded_checkpoint(checkpoint):
+        import torch.distributed.checkpoint as dcp
+
+        saved = dcp.FileSystemReader(checkpoint).read_metadata().state_dict_metadata
+        state = {k: v.detach().clone() for k, v in current.items() if f"state_dict.{k}" in saved}
+        dcp.load({"state_dict": state}, checkpoint_id=checkpoint, planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
+    else:
+        state = meta["state_dict"]
+    absent = [k for k, v in current.items() if isinstance(v, torch.nn.Parameter) and k not in state]
+    expected = meta.get("curriculum", {}).get("base_weights")
+    if expected is not None and weights_identity(current, absent) != expected:
+        raise ConfigError(
+            f"{checkpoint}: the base model's weights that the run does not train differ from the ones it was trained with; "
+            "export with the run's own model.name_or_path files."
+        )
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)

@@ -21,7 +21,7 @@ from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule, data_fingerprint
 from curriculum.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, write_eval
-from curriculum.export import export_model
+from curriculum.export import export_dir, export_model
 from curriculum.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.model.module import VisionDummy, VLMModule, images_before_embeddings, one_image_sample, vision_dummy_inputs
@@ -349,8 +349,9 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
     gathered = full_state_dict(module.model) if cfg.export.enabled and shards_parameters(cfg) else None
     if trainer.is_global_zero:
         if cfg.export.enabled:
-            kind = export_model(module.model, parts.processor, os.path.join(run_dir, "export"), cfg.export.mode, gathered)
-            log.info("exported %s to %s", kind, os.path.join(run_dir, "export"))
+            out = export_dir(cfg, run_dir)
+            kind = export_model(module.model, parts.processor, out, cfg.export.mode, gathered)
+            log.info("exported %s to %s", kind, out)
         write_status(run_dir, "completed")
         log.info("report: %s", write_run_report(run_dir))
     return run_dir
