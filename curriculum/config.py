@@ -247,6 +247,7 @@ class ScheduleConfig:
                 )
             if not st.mix:
                 raise ConfigError(f"{key}.mix is empty: give the fraction of each group, e.g. {{image_text: 1.0}}.")
+            mix_fractions(key, dict(st.mix))
             if st.ramp is not None:
                 r = st.ramp
                 if i == 0:
@@ -264,6 +265,33 @@ class ScheduleConfig:
                     raise ConfigError(f"{key}.ramp.fraction={r.fraction} is not allowed: use a value in (0, 1].")
                 if r.shape not in ("linear", "cosine"):
                     raise ConfigError(f"{key}.ramp.shape={r.shape} is not allowed: use linear or cosine.")
+
+
+REST = "rest"
+
+
+def mix_fractions(key: str, mix: dict) -> dict[str, float]:
+    """A stage's mix as fractions per group, at most one `rest` group taking 1 minus the others (checked without the data)."""
+    import math
+
+    rest = [g for g, v in mix.items() if v == REST]
+    if len(rest) > 1:
+        raise ConfigError(f"{key}.mix has several `rest` groups ({', '.join(rest)}): at most one may take the remainder.")
+    fixed = {}
+    for g, v in mix.items():
+        if g in rest:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{key}.mix.{g}={v} is not allowed: use a fraction between 0 and 1, or `rest`.")
+        fixed[g] = float(v)
+    total = sum(fixed.values())
+    if rest:
+        if total > 1 + 1e-9:
+            raise ConfigError(f"{key}.mix fractions other than `rest` sum to {total:g}: they must sum to at most 1.")
+        fixed[rest[0]] = max(0.0, 1.0 - total)
+    elif abs(total - 1) > 1e-6:
+        raise ConfigError(f"{key}.mix fractions sum to {total:g}: they must sum to 1 (or mark one group `rest`).")
+    return fixed
 
 
 # Lightning's precision settings, with the short aliases Lightning also accepts (fp16 ones are refused in check).

@@ -185,8 +185,9 @@ def test_slurm_launcher_config_composes(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_with_a_failing_job_goes_on_and_is_reported(cache_dir, shapes, tmp_path):
+    # The middle job's config is valid; its data is not (every sample is longer than data.max_length): it fails running.
     sweep = run_cli(
-        "train", "-m", "schedule.stages.blend.mix.text_only=0.0,1.5,0.4", "schedule.stages.align.steps=2",
+        "train", "-m", "data.max_length=2048,8,2048", "schedule.stages.blend.mix.text_only=0.4", "schedule.stages.align.steps=2",
         "schedule.stages.blend.steps=4", "data.num_workers=0", "trainer.val_every_n_steps=2", "export.enabled=false",
         f"hydra.sweep.dir={tmp_path}", check=False,
     )
@@ -194,7 +195,7 @@ def test_sweep_with_a_failing_job_goes_on_and_is_reported(cache_dir, shapes, tmp
     proc = run_cli("report", str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
     assert [r["status"] for r in rows] == ["completed", "failed", "completed"]
-    assert rows[1]["reason"].startswith("ConfigError: schedule.stages.blend.mix")
+    assert rows[1]["reason"].startswith("SampleError: record ") and "over data.max_length=8" in rows[1]["reason"]
     assert [r["steps_done"] for r in rows] == ["6", "0", "6"]
     for r in (rows[0], rows[2]):
         assert float(r["final val/loss_text_only"]) >= float(r["best val/loss_text_only"]) > 0
@@ -222,6 +223,26 @@ def test_run_where_every_sample_is_skipped_fails_and_lists_train_and_val_skips(t
     with open(run / "metrics.csv", newline="") as f:
         last = [r for r in csv.DictReader(f) if r["val/skipped"]][-1]
     assert float(last["val/skipped"]) == 6 and last["val/loss"] == ""
+
+
+def test_a_mistyped_key_is_one_line_with_the_closest_keys(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", "trainer.max_step=3", f"hydra.run.dir={run}", check=False)
+    assert proc.returncode == 1 and not run.exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key `trainer.max_step`: did you mean trainer.max_steps or trainer.strategy or trainer.val_every_n_steps? "
+        "(a new key of an open mapping such as schedule.stages takes a leading +)"
+    ]
+
+
+def test_an_invalid_value_in_any_sweep_job_stops_the_sweep_before_the_first_job(tmp_path):
+    proc = run_cli("train", "-m", "schedule.stages.blend.mix.text_only=0.1,0.3,1.2", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   check=False)
+    assert proc.returncode == 1 and not (tmp_path / "sweep").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: sweep job 4 (schedule.stages.blend.mix.text_only=1.2 seed=0): schedule.stages.blend.mix fractions other than `rest` "
+        "sum to 1.2: they must sum to at most 1."
+    ]
 
 
 def test_a_mistyped_command_leaves_no_run_folder(tmp_path):

@@ -99,8 +99,94 @@ def discard_unstarted(run_dir: str, marker: str) -> None:
 
 
 def hydra_main(fn: Callable[[DictConfig], None]) -> Callable[[], None]:
-    """Hydra's main over the packaged configs (the job is named after the calling module)."""
-    return hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(fn)
+    """Hydra's main over the packaged configs (the job is named after the calling module), after `precheck`."""
+    decorated = hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(fn)
+
+    def main() -> None:
+        try:
+            precheck(sys.argv[1:])
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        decorated()
+
+    main.__doc__ = fn.__doc__
+    return main
+
+
+# A sweep larger than this is checked job by job as each starts.
+PRECHECK_JOBS = 1000
+
+
+def precheck(args: list[str]) -> None:
+    """Compose and validate every job's config before Hydra starts: a mistyped key (with the closest valid
+    keys) or an invalid value in any job of a sweep answers in one line before the first job runs.
+
+    Resumes check their own config; `--config-dir` folders and interval sweeps are checked per job.
+    """
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a.startswith(("resume=", "--config-dir", "-cd", "--config-path", "-cp")) for a in args):
+        return
+    parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    choices = []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # noqa: BLE001 - an interval (a search) has no list of values
+                return
+            choices.append([f"{o.get_key_element()}={v}" for v in values])
+        else:
+            choices.append([o.input_line])
+    jobs = list(itertools.islice(itertools.product(*choices), PRECHECK_JOBS + 1))
+    if len(jobs) > PRECHECK_JOBS:
+        return
+    for k, job in enumerate(jobs):
+        try:
+            validate(_compose(list(job)))
+        except ConfigError as e:
+            where = f"sweep job {k} ({' '.join(job)}): " if len(jobs) > 1 else ""
+            raise ConfigError(f"{where}{e}") from None
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The composed config of `overrides`; a key that does not exist is one ConfigError naming the closest valid keys."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        try:
+            return compose("config", overrides=overrides)
+        except ConfigCompositionException as e:
+            key = next((line.split("full_key:", 1)[1].strip() for line in str(e.__cause__ or e).splitlines() if "full_key:" in line), None)
+            if key is None:
+                raise ConfigError(" ".join(str(e).split())) from None
+            groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
+            raise ConfigError(_unknown_key(key, compose("config", overrides=groups))) from None
+
+
+def _unknown_key(key: str, cfg: DictConfig) -> str:
+    """One sentence for a key the config does not have, with the closest keys it has."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    def leaves(node, prefix=""):
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            yield path
+            if isinstance(v, dict):
+                yield from leaves(v, path + ".")
+
+    known = list(leaves(OmegaConf.to_container(cfg, resolve=False)))
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "`curriculum-train --cfg job` lists the keys."
+    return f"unknown config key `{key}`: {hint} (a new key of an open mapping such as schedule.stages takes a leading +)"
 
 
 def run_task(

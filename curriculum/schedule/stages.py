@@ -15,12 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curriculum.config import ConfigError, OptimConfig, RunConfig, StageConfig, TrainableConfig
+from curriculum.config import ConfigError, OptimConfig, RunConfig, StageConfig, TrainableConfig, mix_fractions
 
 log = logging.getLogger("curriculum")
 
 UNITS = 1_000_000
-REST = "rest"
 
 
 @dataclass(frozen=True)
@@ -118,23 +117,7 @@ def resolve_mix(key: str, mix: dict, groups: list[str], available: dict[str, int
     A group the data lacks is an error with `missing="error"`; with `missing="renormalise"` it is
     left out and the other groups' fractions are scaled to sum to 1 (a fraction of 0 is always fine).
     """
-    rest = [g for g, v in mix.items() if v == REST]
-    if len(rest) > 1:
-        raise ConfigError(f"{key}.mix has several `rest` groups ({', '.join(rest)}): at most one may take the remainder.")
-    fixed = {}
-    for g, v in mix.items():
-        if g in rest:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{key}.mix.{g}={v} is not allowed: use a fraction between 0 and 1, or `rest`.")
-        fixed[g] = float(v)
-    total = sum(fixed.values())
-    if rest:
-        if total > 1 + 1e-9:
-            raise ConfigError(f"{key}.mix fractions other than `rest` sum to {total:g}: they must sum to at most 1.")
-        fixed[rest[0]] = max(0.0, 1.0 - total)
-    elif abs(total - 1) > 1e-6:
-        raise ConfigError(f"{key}.mix fractions sum to {total:g}: they must sum to 1 (or mark one group `rest`).")
+    fixed = mix_fractions(key, mix)
     absent = [g for g, v in fixed.items() if v > 0 and available.get(g, 0) == 0]
     if absent and missing == "error":
         g = absent[0]
