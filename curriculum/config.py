@@ -197,7 +197,7 @@ class StageConfig:
     lr_scale: float = 1.0
     # The stage's own LR schedule over its steps; null keeps optim's value. Peak = lr x lr_scale.
     lr: Optional[float] = None
-    # Warmup in steps (clipped to the stage) or as a fraction of the stage's steps; give at most one.
+    # Warmup in steps or as a fraction of the stage's steps (at most half the stage); give at most one.
     warmup_steps: Optional[int] = None
     warmup_fraction: Optional[float] = None
     scheduler: Optional[str] = None
@@ -470,7 +470,7 @@ class RunConfig:
         if self.trainer.max_steps is not None and self.trainer.max_steps > total:
             raise ConfigError(
                 f"trainer.max_steps={self.trainer.max_steps} is not allowed: the schedule has {total} steps; "
-                "use at most that, or lengthen a stage."
+                "use at most that, or add a stage."
             )
         frozen = self.model.frozen_dtype
         if frozen is not None and frozen != self.model.dtype and self.trainer.precision not in ("bf16-mixed", "bf16"):

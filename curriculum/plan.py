@@ -39,7 +39,8 @@ def stage_entries(stream: CurriculumStream, run_steps: int, group_sizes: dict[st
                 "ramp_steps": st.ramp_steps,
                 "passes": {g: (n / group_sizes[g] if group_sizes.get(g) else 0.0) for g, n in samples.items()},
                 "trainable": {c: getattr(st.trainable, c).value for c in COMPONENTS},
-                "lr": {"peak": st.lr.peak, "warmup_steps": st.lr.warmup_steps, "scheduler": st.lr.scheduler, "min_lr_ratio": st.lr.min_lr_ratio},
+                "lr": {"peak": st.lr.peak, "warmup_steps": st.lr.warmup_steps, "scheduler": st.lr.scheduler, "min_lr_ratio": st.lr.min_lr_ratio,
+                       "end": st.lr.at(st.steps - 1, st.steps)},
             }
         )
     return out
@@ -80,17 +81,29 @@ def plot_plan(stream: CurriculumStream, run_steps: int, path: str) -> str:
     schedule = stream.schedule
     steps = np.arange(run_steps + 1)
     mix = np.array([[schedule.mix_at(min(int(s), run_steps - 1))[g] for g in schedule.groups] for s in steps])
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, (ax, lr_ax) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True, height_ratios=[3, 2])
     ax.stackplot(steps, mix.T, labels=schedule.groups, alpha=0.8, step="post")
     for st in schedule.stages:
         if st.start_step < run_steps:
-            ax.axvline(st.start_step, color="black", lw=1, ls="--")
+            for a in (ax, lr_ax):
+                a.axvline(st.start_step, color="black", lw=1, ls="--")
             ax.text(st.start_step + 0.5, 1.02, st.name, fontsize=9, va="bottom")
     ax.set_xlim(0, max(1, run_steps))
     ax.set_ylim(0, 1)
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("target fraction of samples")
     ax.legend(loc="lower left", fontsize=8)
+    # Each stage's LR schedule per component (0 where the stage freezes it), as the optimizer steps will use it.
+    for k, comp in enumerate(("vision", "projector", "language")):
+        lrs = []
+        for s in steps[:-1]:
+            st = schedule.stage_at(int(s))
+            frozen = getattr(st.trainable, comp).value == "frozen"
+            lrs.append(0.0 if frozen else st.lr.at(int(s) - st.start_step, st.steps))
+        if any(lrs):
+            lr_ax.step(steps[:-1], lrs, where="post", label=comp, lw=1.5, ls=("-", "--", ":")[k])
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_xlabel("optimizer step")
+    lr_ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -134,7 +147,7 @@ def print_plan(plan: dict, console: Console | None = None) -> None:
             s.add_column(col, justify="left" if col in ("stage", "group", "peak lr (warmup, decay)") else "right")
         for st in plan["stages"]:
             lr = st["lr"]
-            schedule = f"{lr['peak']:g} ({lr['warmup_steps']}, {lr['scheduler']})"
+            schedule = f"{lr['peak']:g} ({lr['warmup_steps']} warmup, {lr['scheduler']} to {lr['end']:.3g})"
             for i, (g, n) in enumerate(st["samples"].items()):
                 head = (st["name"], str(st["start_step"]), str(st["steps"]), schedule) if i == 0 else ("", "", "", "")
                 s.add_row(*head, g, f"{st['mix'][g]:g}", str(n), f"{st['fraction'][g]:.4f}", f"{st['passes'][g]:.2f}")

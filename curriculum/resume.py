@@ -180,7 +180,8 @@ def refused_change(old: RunConfig, new: RunConfig, key: str, done: int) -> bool:
     # The current stage may grow or shrink its future, but not its past: the steps already done,
     # the ramp's length and the warmup's length must stay.
     o, n = old.schedule.stages[name], new.schedule.stages[name]
-    finished_before = old_starts[name] + o.steps < done
+    # A stage that has ended decayed its LR over its old length: a new length would restart the decay part-way.
+    finished_before = old_starts[name] + o.steps <= done
     return (
         finished_before
         or n.steps < done - old_starts[name]
@@ -238,6 +239,14 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     pin_started_ramps(old, new, done)
     a, b = flatten(OmegaConf.to_container(OmegaConf.structured(old))), flatten(OmegaConf.to_container(OmegaConf.structured(new)))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    for name, start in _stage_starts(old).items():
+        o, n = old.schedule.stages[name], new.schedule.stages.get(name)
+        if n is not None and n.steps != o.steps and start + o.steps <= done:
+            raise ConfigError(
+                f"resume: `schedule.stages.{name}.steps` cannot change: the stage ended at step {start + o.steps} with its LR "
+                f"schedule run over its {o.steps} steps, and a new length would jump the LR back up part-way through the decay; add a "
+                "stage instead, e.g. +schedule.stages.more.steps=50 +schedule.stages.more.mix={text_only: 1.0}"
+            )
     for key in changed:
         if refused_change(old, new, key, done):
             raise ConfigError(

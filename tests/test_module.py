@@ -125,6 +125,14 @@ def test_lr_factor_warms_up_then_decays_to_the_floor():
     assert 0.1 < module.lr_factor(12) < 1.0 and not math.isnan(module.lr_factor(100))
 
 
+def test_a_stage_shorter_than_its_warmup_warms_up_over_half_of_it_and_decays():
+    """experiment=quick's align has 8 steps and optim's warmup 10: all warmup would end it at its peak LR."""
+    optim = OptimConfig(warmup_steps=10, min_lr_ratio=0.1)
+    module = VLMModule(torch.nn.Linear(2, 2), compiled(one_stage(8), optim=optim), optim)
+    assert [module.lr_factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert 0.1 < module.lr_factor(7) < module.lr_factor(5) < 1.0
+
+
 def test_each_stage_runs_its_own_lr_schedule():
     stages = {
         # LLaVA-style: the projector alone at 1e-3, then everything at 2e-5, each with its own warmup.

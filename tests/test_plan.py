@@ -54,3 +54,21 @@ def test_inspect_shows_what_training_sees_on_both_architectures(arch, cache_dir,
     tight = Collator(load_processor(arch), ["image_text", "text_only"], 10, "skip")
     over = inspect_samples(table, tight, per_group=1)
     assert all(s["over_max_length"] and "over data.max_length=10" in s["skip_reason"] for s in over)
+
+
+def test_the_plan_states_each_stages_lr_from_peak_to_its_last_step(tmp_path):
+    """A short stage (8 steps, optim's warmup 10) warms up over half of it and decays: the table says to what."""
+    from conftest import compiled, one_stage
+    from curriculum.config import OptimConfig
+
+    schedule = compiled(one_stage(8), optim=OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1))
+    (st,) = schedule.stages
+    end = st.lr.at(7, 8)
+    assert st.lr.warmup_steps == 4 and 1e-4 < end < 3e-4
+    plan = {"groups": {}, "val_groups": {}, "sources": {}, "val_sources": [], "invalid": [], "global_batch": 8, "batching": "mixed",
+            "stages": [{"name": "train", "start_step": 0, "steps": 8, "samples": {"image_text": 32}, "mix": {"image_text": 1.0},
+                        "fraction": {"image_text": 1.0}, "passes": {"image_text": 0.1},
+                        "lr": {"peak": 1e-3, "warmup_steps": 4, "scheduler": "cosine", "min_lr_ratio": 0.1, "end": end}}]}
+    console = Console(record=True, width=200)
+    print_plan(plan, console)
+    assert f"0.001 (4 warmup, cosine to {end:.3g})" in console.export_text()

@@ -460,6 +460,18 @@ def test_changing_a_finished_stage_is_refused_by_its_own_key(tmp_path):
         prepare(cfg, str(run), ["schedule.stages.blend.steps=12"])
 
 
+def test_a_stage_that_ended_cannot_grow_its_lr_would_jump(tmp_path):
+    """Stopped exactly at the end of `blend` (its cosine decayed to the floor): lengthening it would restart the decay."""
+    from curriculum.config import ConfigError, RunConfig
+    from curriculum.resume import prepare
+
+    run = fake_run(tmp_path, 10, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8")
+    with pytest.raises(ConfigError, match=r"the stage ended at step 10 .* would jump the LR .* add a stage instead"):
+        prepare(RunConfig(resume=str(run)), str(run), ["schedule.stages.blend.steps=12"])
+    r = prepare(RunConfig(resume=str(run)), str(run), ["+schedule.stages.more.steps=4", "+schedule.stages.more.mix={text_only: 1.0}"])
+    assert list(r.cfg.schedule.stages) == ["align", "blend", "more"]
+
+
 @pytest.mark.slow
 def test_lora_resume_uses_lean_checkpoints_and_the_runs_own_config(tmp_path, cache_dir, shapes):
     import shutil

@@ -63,7 +63,7 @@ def resume_args(args: list[str]) -> list[str]:
     if resumed.step >= total and resumed.checkpoint and run_status(run) == "completed":
         more = (
             "raise trainer.max_steps (or set it to null)" if resumed.cfg.trainer.max_steps else
-            "lengthen a stage or add one, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
+            "add a stage, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
         )
         raise Complete(f"resume: {run} is complete: it trained all {total} steps it is configured for; nothing was changed. To train on, {more}.")
     if resumed.checkpoint is None:

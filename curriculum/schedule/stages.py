@@ -169,10 +169,14 @@ def ramp_fractions(prev: np.ndarray, target: np.ndarray, cfg: StageConfig) -> np
 
 
 def warmup_steps(cfg: StageConfig, optim: OptimConfig) -> int:
-    """Warmup steps of a stage: its `warmup_steps` or `warmup_fraction`, else optim's, clipped to the stage."""
-    if cfg.warmup_fraction is not None:
-        return min(cfg.steps, round(cfg.warmup_fraction * cfg.steps))
-    return min(cfg.steps, cfg.warmup_steps if cfg.warmup_steps is not None else optim.warmup_steps)
+    """Warmup steps of a stage: its `warmup_steps` or `warmup_fraction`, else optim's, at most half the stage.
+
+    A stage no longer than its warmup would be all warmup and end at its peak LR (a short stage
+    with the default 10 warmup steps); half leaves it the other half to decay.
+    """
+    wanted = round(cfg.warmup_fraction * cfg.steps) if cfg.warmup_fraction is not None else (
+        cfg.warmup_steps if cfg.warmup_steps is not None else optim.warmup_steps)
+    return min(cfg.steps // 2, wanted)
 
 
 def stage_lr(cfg: StageConfig, optim: OptimConfig) -> StageLR:
