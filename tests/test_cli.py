@@ -279,6 +279,16 @@ def test_a_model_path_that_does_not_exist_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_relative_model_path_that_is_neither_a_folder_nor_a_cached_hub_model_is_one_line(tmp_path):
+    """Without the check, from_pretrained retried the Hub for minutes (133 lines) before failing offline."""
+    proc = run_cli("train", "model.name_or_path=models/nope", f"hydra.run.dir={tmp_path / 'run'}", check=False, env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1 and not (tmp_path / "run").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: model.name_or_path=models/nope: no such folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set): give an "
+        "existing model folder."
+    ]
+
+
 def test_slurm_launcher_without_its_plugin_is_one_sentence(monkeypatch):
     import importlib.util
 

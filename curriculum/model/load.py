@@ -27,7 +27,10 @@ def resolve_model_path(name_or_path: str, cache_dir: str) -> str:
                 f"model.name_or_path={name_or_path}: no such folder (give an existing model folder, a hub id such as "
                 "llava-hf/llava-1.5-7b-hf, or builtin:tiny-llava / builtin:tiny-idefics3, -pretrained for a text-trained language model)."
             )
-        return os.path.expanduser(name_or_path) if local else name_or_path
+        if local or os.path.isdir(name_or_path):
+            return os.path.expanduser(name_or_path)
+        check_hub_model(name_or_path)
+        return name_or_path
     from curriculum.data.builtin import ensure_shapes, iter_texts, text_pretraining_records
 
     # The built-in tokenizer is trained on the default built-in data, whatever the run trains on.
@@ -35,6 +38,28 @@ def resolve_model_path(name_or_path: str, cache_dir: str) -> str:
     return ensure_builtin(
         name_or_path[len(BUILTIN_PREFIX):], cache_dir, lambda: iter_texts(shapes), lambda: text_pretraining_records(PRETRAIN_RECORDS)
     )
+
+
+def check_hub_model(repo_id: str, timeout: float = 10.0) -> None:
+    """Refuse in seconds a model id that is not a folder, not in the Hub cache and not on a Hub reachable now.
+
+    Otherwise from_pretrained retries the network for minutes before it fails (offline clusters).
+    """
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    where = f"model.name_or_path={repo_id}: no such folder, and not in the Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        raise ConfigError(f"{where} (HF_HUB_OFFLINE is set): give an existing model folder.")
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{where} or on the Hub: give an existing model folder or a Hub id.") from None
+    except Exception as e:  # noqa: BLE001 - no network, a proxy, a timeout: the Hub cannot tell us now
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise ConfigError(f"{where}, and the Hub cannot be reached now ({reason}): give an existing model folder.") from None
 
 
 def load_processor(path: str, kwargs: dict | None = None):
