@@ -409,6 +409,9 @@ class EvalConfig:
     every_n_validations: Optional[int] = None
     # Validation samples per group that get an answer (the first ones in table order); null = all.
     max_samples_per_group: Optional[int] = None
+    # Where eval.json goes: null = the run folder (training; curriculum-eval: <run>/evals/<time>/, or
+    # <paths.output_root>/evals/<time>/ for a model folder no run made: never into a model folder).
+    output_dir: Optional[str] = None
 
     def check(self) -> None:
         _positive("eval.max_new_tokens", self.max_new_tokens)

@@ -336,7 +336,7 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
         result = generation_eval(cfg, parts)
         module.write_metrics(eval_metrics(result), trainer.global_step - 1)
         if trainer.is_global_zero:
-            log.info("generation scores: %s (answers in %s)", _scores_line(result), write_eval(run_dir, result))
+            log.info("generation scores: %s (answers in %s)", _scores_line(result), write_eval(cfg.eval.output_dir or run_dir, result))
     if module.skipped_total:
         log.warning("%d drawn training sample(s) were skipped (%s): see %s", module.skipped_total,
                     _distinct_skipped(os.path.join(run_dir, "skipped.jsonl")), os.path.join(run_dir, "skipped.jsonl"))

@@ -106,3 +106,23 @@ def test_generation_scores_every_n_validation_rounds_by_step():
     # Every rank answers its share of the samples (under FSDP each forward gathers weights from all ranks).
     callback.on_validation_end(SimpleNamespace(global_step=20, sanity_checking=False, is_global_zero=False), module)
     assert written == [19, 39, 19]
+
+
+def test_curriculum_eval_on_a_model_folder_needs_only_validation_files_and_writes_outside_it(llava_path, tmp_path):
+    import json
+    import os
+
+    from conftest import png, write_jsonl
+    from curriculum.cli.evaluate import run
+
+    img = png(tmp_path / "a.png")
+    val = write_jsonl(tmp_path / "v.jsonl", [
+        {"id": "i", "image": img, "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]},
+        {"id": "t", "conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]},
+    ])
+    before = sorted(os.listdir(llava_path))
+    path = run(llava_path, [f"data.val_files=[{val}]", f"paths.output_root={tmp_path / 'out'}", "eval.max_new_tokens=2"])
+    assert path.startswith(str(tmp_path / "out" / "evals")) and sorted(os.listdir(llava_path)) == before
+    assert {s["id"] for s in json.load(open(path))["samples"]} == {"i", "t"}
+    there = run(llava_path, [f"data.val_files=[{val}]", f"eval.output_dir={tmp_path / 'here'}", "eval.max_new_tokens=2"])
+    assert there == str(tmp_path / "here" / "eval.json")

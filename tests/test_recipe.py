@@ -87,7 +87,9 @@ def test_lora_exports_an_adapter_that_loads_on_the_base(cache_dir, shapes, tmp_p
     # curriculum-eval on the adapter export, with the run's own validation data.
     path = evaluate_folder(str(tmp_path / "export"), [f"paths.cache_dir={cache_dir}", "eval.max_samples_per_group=2", "eval.max_new_tokens=3"])
     result = json.load(open(path))
-    assert path == str(tmp_path / "export" / "eval.json") and set(result["groups"]) == {"image_text", "text_only"}
+    # Into a new folder of the run the export belongs to: never into the model folder, never over the run's eval.json.
+    assert path.startswith(str(tmp_path / "evals")) and not (tmp_path / "export" / "eval.json").exists()
+    assert set(result["groups"]) == {"image_text", "text_only"}
     assert all(g["samples"] == 2 and g["loss"] > 0 for g in result["groups"].values())
     # The adapter on its base answers as the PEFT model did at the end of training (eval.generate).
     assert [s["prediction"] for s in result["samples"]] == [s["prediction"] for s in in_training["samples"]]

@@ -5,7 +5,9 @@
 
 A run folder supplies its saved config (overrides change single keys) and its `export/`; any other
 folder is an export (full, merged or a LoRA adapter) evaluated with the default config plus the
-overrides. Writes eval.json into the folder and prints a table per group.
+overrides (`data.val_files` alone is enough). Writes eval.json to eval.output_dir (default: a new
+`evals/<time>/` folder in the run, or under paths.output_root for a model folder no run made) and
+prints a table per group.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from curriculum.cli.common import USER_ERRORS, quiet_output, user_message
 from curriculum.config import ConfigError, RunConfig, validate
 
 
+def _is_run(folder: str) -> bool:
+    from curriculum.resume import RUN_CONFIG
+
+    return os.path.isfile(os.path.join(folder, RUN_CONFIG)) or os.path.isfile(os.path.join(folder, ".hydra", "config.yaml"))
+
+
 def load_config(folder: str, overrides: list[str]) -> tuple[RunConfig, str]:
     """(config, model folder) for a run folder (its saved config and export/) or an export folder."""
-    from curriculum.resume import RUN_CONFIG, apply_overrides, saved_config
+    from curriculum.resume import apply_overrides, saved_config
 
-    if os.path.isfile(os.path.join(folder, RUN_CONFIG)) or os.path.isfile(os.path.join(folder, ".hydra", "config.yaml")):
+    if _is_run(folder):
         export = os.path.join(folder, "export")
         if not os.path.isdir(export):
             raise ConfigError(f"{folder} has no export/ folder (the run did not finish, or export.enabled was false): evaluate an export folder.")
@@ -36,7 +45,19 @@ def load_config(folder: str, overrides: list[str]) -> tuple[RunConfig, str]:
 
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
         raw = compose("config", overrides=overrides)
+    if raw.data.val_files and not raw.data.train_files:
+        # Evaluation reads no training sample: the validation files also name the groups.
+        raw.data.train_files = list(raw.data.val_files)
     return validate(raw), folder
+
+
+def output_dir(cfg: RunConfig, folder: str) -> str:
+    """eval.output_dir, else a new folder under the run (the folder, or the run an export/ belongs to), else under paths.output_root."""
+    if cfg.eval.output_dir:
+        return os.path.abspath(os.path.expanduser(cfg.eval.output_dir))
+    parent = os.path.dirname(os.path.abspath(folder))
+    run = folder if _is_run(folder) else parent if os.path.basename(os.path.abspath(folder)) == "export" and _is_run(parent) else None
+    return os.path.join(run or cfg.paths.output_root, "evals", time.strftime("%Y-%m-%d_%H-%M-%S"))
 
 
 def load_for_eval(folder: str):
@@ -79,14 +100,16 @@ def run(folder: str, overrides: list[str]) -> str:
     cfg, model_dir = load_config(folder, overrides)
     bundle = load_data(cfg, on_invalid="skip")
     if bundle.val is None:
-        raise ConfigError("there are no validation samples to answer: set data.val_files=[...] (with data.train_files).")
+        raise ConfigError("there are no validation samples to answer: set data.val_files=[...].")
     model, processor = load_for_eval(model_dir)
     settings = EvalSettings(cfg.eval.max_new_tokens, cfg.eval.batch_size)
     result = Evaluator(model, processor, bundle.group_names, cfg.data.max_length, settings, cfg.data.truncate).evaluate(
         eval_records(bundle.val, cfg.eval.max_samples_per_group)
     )
     print_scores(result)
-    return write_eval(folder, result)
+    out = output_dir(cfg, folder)
+    os.makedirs(out, exist_ok=True)
+    return write_eval(out, result)
 
 
 def main(argv: list[str] | None = None) -> None:
