@@ -293,13 +293,19 @@ def test_images_are_checked_as_data_check_images_says(folder):
     Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(folder / "noise.png")
     png = (folder / "noise.png").read_bytes()
     (folder / "cut.png").write_bytes(png[: len(png) // 2])  # the header reads, the pixels do not
-    path = write_json(folder / "d.json", [llava("1", "broken.png"), llava("2", "cut.png"), llava("3", "a.png")])
-    broken, cut = str(folder / "broken.png"), str(folder / "cut.png")
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(folder / "noise.jpg", quality=90)
+    jpg = (folder / "noise.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(jpg[: len(jpg) * 2 // 3])
+    path = write_json(folder / "d.json", [llava("1", "broken.png"), llava("2", "cut.png"), llava("3", "a.png"), llava("4", "cut.jpg"),
+                                          llava("5", "noise.jpg")])
+    broken, cut, cut_jpg = str(folder / "broken.png"), str(folder / "cut.png"), str(folder / "cut.jpg")
     assert reasons(load(path, check_images="exists")) == []
-    assert reasons(load(path)) == [f"image {broken} is not a readable image file"]  # header, the default
+    header = reasons(load(path))  # the default: truncated files are caught without decoding them
+    assert header[0] == f"image {broken} is not a readable image file" and header[1].startswith(f"image {cut} is truncated or corrupt")
+    assert header[2] == f"image {cut_jpg} is truncated: its JPEG data has no end marker" and len(header) == 3
     full = reasons(load(path, check_images="full"))
     assert full[0] == f"image {broken} is not a readable image file" and full[1].startswith(f"image {cut} is corrupt or unreadable")
-    assert len(full) == 2
+    assert len(full) == 3
 
 
 def test_iter_file_rejects_unknown_extension_and_missing_file(tmp_path):

@@ -6,6 +6,8 @@ An image is a file path or an embedded-image reference (see `embedded`); both lo
 from __future__ import annotations
 
 import io
+import os
+import struct
 import warnings
 
 from PIL import Image, UnidentifiedImageError
@@ -21,7 +23,8 @@ CHECKS = ("exists", "header", "full")
 
 
 def check_image(image: str | EmbeddedImage, level: str) -> None:
-    """Raise ImageError unless the image passes `level`: `header` opens it (format, size, bomb limit), `full` decodes it."""
+    """Raise ImageError unless the image passes `level`: `header` opens it (format, size, bomb limit) and checks that
+    it is whole (a truncated copy or download), `full` decodes it."""
     if level in ("header", "full"):
         _open(image, full=level == "full")
 
@@ -39,6 +42,7 @@ def _open(image: str | EmbeddedImage, *, full: bool) -> Image.Image | None:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as im:
                 if not full:
+                    _check_whole(im, source, label)
                     return None
                 im.load()
                 return im.convert("RGB")
@@ -50,6 +54,32 @@ def _open(image: str | EmbeddedImage, *, full: bool) -> Image.Image | None:
         raise ImageError(f"image {label} is not a readable image file") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"image {label} is corrupt or unreadable: {e}") from None
+
+
+# JPEG's end-of-image marker; encoders may pad a few bytes after it.
+_JPEG_END, _JPEG_TAIL = b"\xff\xd9", 1024
+
+
+def _check_whole(im: Image.Image, source, label: str) -> None:
+    """Raise ImageError when the file ends before its image data does, without decoding pixels.
+
+    PNG: every chunk's CRC up to IEND (Pillow's verify); JPEG: the end-of-image marker at the end;
+    other formats: Pillow's verify where the format has one.
+    """
+    if im.format == "JPEG":
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - _JPEG_TAIL))
+                tail = f.read()
+        else:
+            tail = source.getbuffer()[-_JPEG_TAIL:].tobytes()
+        if _JPEG_END not in tail:
+            raise ImageError(f"image {label} is truncated: its JPEG data has no end marker")
+        return
+    try:
+        im.verify()
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise ImageError(f"image {label} is truncated or corrupt: {e}") from None
 
 
 def _source(image: str | EmbeddedImage):
