@@ -124,6 +124,7 @@ class CurriculumDataModule(pl.LightningDataModule):
         total_steps: int,
         num_workers: int,
         fingerprint: str,
+        files: dict | None = None,
     ):
         super().__init__()
         self.train = train
@@ -136,6 +137,8 @@ class CurriculumDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.stream = stream
         self.data_fingerprint = fingerprint
+        # Per data file [size, mtime, ctime, inode]: a refused resume names the files that changed.
+        self.data_files = files or {}
         self._val_order: np.ndarray | None = None
 
     def _world(self) -> tuple[int, int]:
@@ -186,6 +189,7 @@ class CurriculumDataModule(pl.LightningDataModule):
             "global_batch": self.stream.global_batch,
             "fingerprint": self.stream.schedule.fingerprint(),
             "data": self.data_fingerprint,
+            "data_files": self.data_files,
         }
 
     def load_state_dict(self, state: dict) -> None:

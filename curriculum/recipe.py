@@ -18,7 +18,7 @@ from curriculum.atomic import write_json
 from curriculum.callbacks import AtomicCheckpointIO, GenerationEval, RunCheckpoints, StageProgressBar, StepRows
 from curriculum.config import ConfigError, Mode, RunConfig, device_count
 from curriculum.data.collate import Collator, SampleError
-from curriculum.data.sources import DataBundle, cache_dir, load_data, require_valid
+from curriculum.data.sources import DataBundle, cache_dir, changed_files, file_states, load_data, require_valid
 from curriculum.datamodule import CurriculumDataModule, data_fingerprint
 from curriculum.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, write_eval
 from curriculum.export import export_dir, export_model
@@ -27,7 +27,7 @@ from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.model.module import VisionDummy, VLMModule, images_before_embeddings, one_image_sample, vision_dummy_inputs
 from curriculum.plan import build_plan, plot_plan, write_plan
 from curriculum.report import write_run_report
-from curriculum.resume import RUN_CONFIG
+from curriculum.resume import RUN_CONFIG, Resume
 from curriculum.resume import prepare as prepare_resume
 from curriculum.resume import record as record_resume
 from curriculum.sharding import ShardedStrategy, full_state_dict
@@ -94,25 +94,27 @@ def load_checked_data(cfg: RunConfig) -> DataBundle:
     return bundle
 
 
-def load_resumable_data(cfg: RunConfig, resumed_data: str | None = None) -> tuple[DataBundle, str]:
-    """The run's records and their fingerprint; refused when a resumed run's records changed since its checkpoint."""
+def load_resumable_data(cfg: RunConfig, resumed_data: str | None = None, resumed_files: dict | None = None) -> tuple[DataBundle, str]:
+    """The run's records and their fingerprint; refused, naming the files that changed, when a resumed run's records changed since its checkpoint."""
     bundle = load_checked_data(cfg)
     fingerprint = data_fingerprint(bundle.train, bundle.val)
     if resumed_data not in (None, fingerprint):
+        changed = changed_files(resumed_files, file_states(cfg)) if resumed_files else []
+        which = f"changed since: {', '.join(changed)}" if changed else f"train/val records {resumed_data} -> {fingerprint}"
         raise ConfigError(
-            f"resume: the data files' records changed since the checkpoint (train/val {resumed_data} -> {fingerprint}), "
-            "so the sample stream would differ; restore the files or start a new run."
+            f"resume: the data's records changed since the checkpoint ({which}), so the sample stream would differ; restore the "
+            "files or start a new run."
         )
     return bundle, fingerprint
 
 
-def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, start_step: int = 0) -> Parts:
+def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> Parts:
     """Data, schedule stream, processor, model and datamodule for a run folder.
 
-    `resumed_data` is the data fingerprint of the checkpoint a resume continues from, checked
-    before the model loads; `start_step` the step it continues at.
+    A resume's data fingerprint is checked before the model loads, and training starts at its step.
     """
-    bundle, fingerprint = load_resumable_data(cfg, resumed_data)
+    bundle, fingerprint = load_resumable_data(cfg, resumed.data_fingerprint, resumed.data_files) if resumed else load_resumable_data(cfg)
+    start_step = resumed.step if resumed else 0
     stream, run_steps = build_stream(cfg, bundle)
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
     processor = load_processor(path, cfg.model.processor_kwargs)
@@ -142,6 +144,7 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed_data: str | None = None, s
         total_steps=run_steps,
         num_workers=cfg.data.num_workers,
         fingerprint=fingerprint,
+        files=file_states(cfg),
     )
     return Parts(bundle, stream, run_steps, processor, module, datamodule, build_plan(bundle, stream, run_steps))
 
@@ -310,7 +313,7 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
     torch.set_num_threads(threads)
     log.info("intra-op CPU threads: %d (%s)", threads, why)
     pl.seed_everything(cfg.seed, workers=True)
-    parts = build_parts(cfg, run_dir, resumed.data_fingerprint if resumed else None, resumed.step if resumed else 0)
+    parts = build_parts(cfg, run_dir, resumed)
     trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
     if trainer.is_global_zero:
         note = run_lock.acquire(run_dir)  # held already when a resume took it before Hydra started

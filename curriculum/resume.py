@@ -39,8 +39,9 @@ class Resume:
     # None: the run stopped before its first checkpoint and starts again from step 0 in its folder.
     checkpoint: str | None
     changes: list[str]
-    # The data fingerprint saved with the checkpoint (None for checkpoints that predate it).
+    # The data fingerprint saved with the checkpoint (None for checkpoints that predate it), and its data files' states.
     data_fingerprint: str | None = None
+    data_files: dict | None = None
 
 
 def is_training_run(path: str) -> bool:
@@ -133,10 +134,11 @@ def last_checkpoint(run_dir: str) -> str | None:
     return None
 
 
-def checkpoint_position(path: str) -> tuple[int, str | None]:
-    """Optimizer steps done in a checkpoint, and the fingerprint of the data it trained on."""
+def checkpoint_position(path: str) -> tuple[int, str | None, dict | None]:
+    """Optimizer steps done in a checkpoint, the fingerprint of the data it trained on, and its data files' states."""
     ckpt = torch.load(checkpoint_meta(path), map_location="cpu", mmap=True, weights_only=False)
-    return int(ckpt["global_step"]), ckpt.get("CurriculumDataModule", {}).get("data")
+    data = ckpt.get("CurriculumDataModule", {})
+    return int(ckpt["global_step"]), data.get("data"), data.get("data_files")
 
 
 def flatten(d, prefix: str = "") -> dict:
@@ -235,7 +237,7 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
             f"resume={cfg.resume}: trainer.strategy={new.trainer.strategy} cannot continue from {ckpt}, which is {kind}; "
             f"resume with the run's own trainer.strategy={old.trainer.strategy}."
         )
-    done, data_fingerprint = checkpoint_position(ckpt)
+    done, data_fingerprint, data_files = checkpoint_position(ckpt)
     pin_started_ramps(old, new, done)
     a, b = flatten(OmegaConf.to_container(OmegaConf.structured(old))), flatten(OmegaConf.to_container(OmegaConf.structured(new)))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -262,7 +264,8 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     if total < done:
         raise ConfigError(f"resume: the run already trained {done} steps; the new config stops at step {total}, before that.")
     new.resume = None
-    return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"], data_fingerprint)
+    return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"], data_fingerprint,
+                  data_files)
 
 
 def record(resume: Resume) -> None:

@@ -413,7 +413,10 @@ def test_resume_refuses_data_files_whose_records_changed(tmp_path, cache_dir):
     plan_before = (run / "plan.json").read_text()
     proc = run_cli("train", f"resume={run}", "trainer.max_steps=null", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: resume: the data files' records changed since the checkpoint")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: resume: the data's records changed since the checkpoint (changed since: {data} (edited)), so the sample stream "
+        "would differ; restore the files or start a new run."
+    )
     assert (run / "plan.json").read_text() == plan_before
 
 

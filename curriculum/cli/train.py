@@ -70,7 +70,7 @@ def resume_args(args: list[str]) -> list[str]:
         print(f"resume: {run} stopped before its first checkpoint: it starts again from step 0 in its folder", file=sys.stderr)
     from curriculum.recipe import load_resumable_data
 
-    load_resumable_data(resumed.cfg, resumed.data_fingerprint)
+    load_resumable_data(resumed.cfg, resumed.data_fingerprint, resumed.data_files)
     if process_rank() == 0:  # the process that trains holds the lock from here on (other nodes' processes do not)
         note = run_lock.acquire(run)
         if note:

@@ -36,6 +36,22 @@ def order_groups(names) -> list[str]:
     return [g for g in PREFERRED_GROUP_ORDER if g in names] + sorted(names - set(PREFERRED_GROUP_ORDER))
 
 
+def file_states(cfg: RunConfig) -> dict[str, list[int]]:
+    """Per train and validation data file: [size, mtime, ctime, inode], to name the files that changed since a checkpoint."""
+    train, val = resolve_files(cfg)
+    out = {}
+    for path in dict.fromkeys(train + val):
+        st = os.stat(path)
+        out[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
+
+
+def changed_files(saved: dict[str, list[int]], current: dict[str, list[int]]) -> list[str]:
+    """'<file> (edited|removed|new)' for each file whose state differs between a checkpoint's and now."""
+    out = [f"{p} ({'edited' if p in current else 'removed'})" for p in saved if saved[p] != current.get(p)]
+    return out + [f"{p} (new)" for p in current if p not in saved]
+
+
 def resolve_files(cfg: RunConfig) -> tuple[list[str], list[str]]:
     """Train and validation data files: the user's entries expanded, or the built-in shapes data."""
     if cfg.data.train_files:
