@@ -22,6 +22,7 @@ from curriculum.atomic import write_json
 from curriculum.data.collate import Collator, adds_special_tokens, padded_copy, render_chat, to_hf_messages
 from curriculum.data.images import ImageError, load_image
 from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
+from curriculum.progress_lines import CountedLines
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -114,10 +115,15 @@ class Evaluator:
         out: list[str | None] = [None] * len(records)
         # One group per generate call, and image and text-only prompts never share a padded batch.
         local = []
-        for chunk, padding in self._my_chunks(records, lambda r: (r["group"], bool(r["images"]))):
+        chunks = self._my_chunks(records, lambda r: (r["group"], bool(r["images"])))
+        progress = CountedLines("generation", "samples answered" + (f" on rank {self.rank}" if self.world > 1 else ""),
+                                total=sum(len(c) for c, padding in chunks if not padding))
+        for chunk, padding in chunks:
             texts = self._generate([records[i] for i in chunk])
             if not padding:
                 local += list(zip(chunk, texts))
+            progress.update(len(local))
+        progress.finish()
         for i, text in self._gather(local):
             out[i] = text
         return out

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from curriculum.atomic import write_json
 from curriculum.data.formats import IMAGE_TOKEN, MISSING_IMAGE, DataFileError, InvalidRecordError, iter_records
+from curriculum.progress_lines import CountedLines
 
 __all__ = [
     "IMAGE_TOKEN",
@@ -233,10 +234,12 @@ def _write_records(
 ) -> LoadReport:
     report = LoadReport()
     rows: list[dict] = []
+    progress = CountedLines("record table", "records read")
     with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
         for path in files:
             report.sources.setdefault(path, {})
             for index, line, item in iter_records(path, image_root=image_root, group=file_groups.get(path), check_images=check_images):
+                progress.update(progress.done + 1, os.path.basename(path))
                 if isinstance(item, InvalidRecordError):
                     report.add_invalid(path, index, line, item)
                     continue
@@ -250,6 +253,7 @@ def _write_records(
             _require_some_valid(path, report)
         if rows:
             writer.write_batch(_to_batch(rows))
+    progress.finish()
     return report
 
 

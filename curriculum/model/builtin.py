@@ -91,6 +91,7 @@ def pretrain_language(model, processor, records: list[dict], steps: int, batch: 
     """
     from curriculum.data.collate import Collator
     from curriculum.model.module import NOT_MODEL_INPUTS
+    from curriculum.progress_lines import CountedLines
 
     collator = Collator(processor, ["text_only"], max_length=256, on_invalid="error")
     optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
@@ -100,6 +101,7 @@ def pretrain_language(model, processor, records: list[dict], steps: int, batch: 
     )
     order = torch.Generator().manual_seed(0)
     losses = []
+    progress = CountedLines("pre-training", "steps", total=steps)
     model.train()
     for _ in range(steps):
         picked = torch.randint(len(records), (batch,), generator=order).tolist()
@@ -111,6 +113,8 @@ def pretrain_language(model, processor, records: list[dict], steps: int, batch: 
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        progress.update(len(losses), f"loss {losses[-1]:.3f}")
+    progress.finish(f"loss {losses[-1]:.3f}")
     model.eval()
     return losses
 
