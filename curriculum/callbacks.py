@@ -95,6 +95,22 @@ class StageProgressBar(RichProgressBar):
     def _get_train_description(self, current_epoch: int) -> str:
         return f"stage {self.schedule.stage_at(self.trainer.global_step).name}"
 
+    def configure_columns(self, trainer: pl.Trainer) -> list:
+        # Tokens/s (in the metrics) is the speed that matters: without Lightning's it/s the bar fits 80 columns.
+        columns = [c for c in super().configure_columns(trainer) if type(c).__name__ != "ProcessingSpeedColumn"]
+        for c in columns:
+            if hasattr(c, "bar_width"):
+                c.bar_width = 12
+        return columns
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module) -> dict:
+        """One short entry, so the bar fits an 80-column terminal: the step's group losses (group order), then tokens/s."""
+        metrics = super().get_metrics(trainer, pl_module)
+        parts = ["/".join(f"{float(v):.2f}" for k, v in metrics.items() if k.startswith("train/loss_"))]
+        if "tok/s" in metrics:
+            parts.append(f"{float(metrics['tok/s']):.0f} tok/s")
+        return {"loss": ", ".join(p for p in parts if p)} if any(parts) else {}
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
         if self.progress is not None and self.train_progress_bar_id is not None:
             description = self._get_train_description(trainer.current_epoch)

@@ -269,3 +269,4 @@ def test_a_running_run_whose_process_is_gone_reads_as_stopped(tmp_path):
         run_lock.release(str(tmp_path))
     stopped = read_status(str(tmp_path))  # the lock file stays, no process holds it
     assert stopped["status"] == "stopped" and "killed?" in stopped["reason"]
+
