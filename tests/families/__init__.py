@@ -33,6 +33,9 @@ class Family:
 FAMILIES = [
     Family("tiny-llava", "LLaVA-1.5 (`builtin:tiny-llava`)", "LlavaForConditionalGeneration", "4-D `pixel_values`",
            "all below, plus DDP and FSDP on 2 processes"),
+    Family("tiny-llava-hf", "LLaVA-1.5, its published template's layout", "LlavaForConditionalGeneration",
+           "as above; `USER: ... ASSISTANT: ...` turns with no end-of-turn token (the collator appends EOS to the last answer, "
+           "supervised); `<image>` followed by the template's own newline", module="llava_hf"),
     Family("tiny-idefics3", "Idefics3 (`builtin:tiny-idefics3`)", "Idefics3ForConditionalGeneration", "5-D `pixel_values`, `pixel_attention_mask`"),
     Family("tiny-idefics3-split", "Idefics3, image splitting on", "Idefics3ForConditionalGeneration",
            "2x2 tiles + whole image, `<row_r_col_c>` markers", module="idefics3_split"),

@@ -11,13 +11,15 @@ END_OF_TURN = "</s>"
 # add_generation_prompt appends nothing (the answer follows `[/INST]` directly); `[/INST]` is the marker that precedes
 # every assistant turn, so it stands in for the generation prompt.
 ASSISTANT_PROMPT = "[/INST]"
-DEFAULT_SYSTEM = "You are a helpful assistant."  # the real one is a long, dated Mistral Small 3.1 prompt (strftime_now)
+DEFAULT_SYSTEM = "You are a helpful assistant."  # the real one is a long Mistral Small 3.1 prompt; the date is added as there
 
-# mistralai/Mistral-Small-3.1-24B-Instruct-2503's template, shortened: default system prompt without the date.
+# Shaped like Mistral Small 3.1's template, shortened: a default system prompt that carries the date of the day it is
+# rendered (strftime_now), so renders differ by day while the labels must not.
 TEMPLATE = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
     "{% set system = messages[0]['content'] if messages[0]['content'] is string else messages[0]['content'][0]['text'] %}"
-    "{% set turns = messages[1:] %}{% else %}{% set system = '" + DEFAULT_SYSTEM + "' %}{% set turns = messages %}{% endif %}"
+    "{% set turns = messages[1:] %}{% else %}{% set system = '" + DEFAULT_SYSTEM + " The current date is ' ~ strftime_now('%Y-%m-%d') ~ '.' %}"
+    "{% set turns = messages %}{% endif %}"
     "[SYSTEM_PROMPT]{{ system }}[/SYSTEM_PROMPT]"
     "{% for m in turns %}"
     "{% if m['role'] == 'user' %}[INST]{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"

@@ -8,8 +8,14 @@ END_OF_TURN = "<|eot_id|>"
 ASSISTANT_PROMPT = "<|start_header_id|>assistant<|end_header_id|>"
 
 
+# As Llama 3.2 Vision's template: a conversation without images opens with a system block that carries the date of
+# the day it is rendered (strftime_now), so renders differ by day while the labels must not.
 LLAMA3_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ bos_token }}{% set ns = namespace(images=false) %}{% for m in messages %}{% if m['content'] is not string %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}{% set ns.images = true %}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if not ns.images %}<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+    "Today Date: {{ strftime_now('%d %b %Y') }}\n\n<|eot_id|>{% endif %}"
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<|image|>{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<|eot_id|>{% endfor %}"
