@@ -4,8 +4,6 @@ turns separated by spaces, nothing after an answer (no end-of-turn token), and `
 
 from __future__ import annotations
 
-from families.common import text_config
-
 END_OF_TURN = "<|im_end|>"  # the built-in tokenizer's EOS, which the collator appends
 END_ONLY_LAST = True
 ASSISTANT_PROMPT = "ASSISTANT:"
@@ -27,18 +25,8 @@ LLAVA_HF_TEMPLATE = (
 
 
 def build(tokenizer):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from curriculum.model.builtin import _tiny_llava
 
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=LlamaConfig(**text_config(tokenizer)),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=LLAVA_HF_TEMPLATE)
-    return LlavaForConditionalGeneration(config), processor
+    model, processor = _tiny_llava(tokenizer)  # the built-in tiny LLaVA, with the published template's layout
+    processor.chat_template = LLAVA_HF_TEMPLATE
+    return model, processor
