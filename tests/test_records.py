@@ -215,7 +215,8 @@ def test_load_or_build_reuses_cache(data):
     again, report2 = load_or_build([mixed, chat], cache_dir=cache)
     assert os.stat(again.path).st_mtime_ns == mtime
     assert report2.to_dict() == report.to_dict() and again[3] == table[3]
-    assert (report.reused, report2.reused) == (False, True) and report.build_seconds > 0
+    # The build is timed (milliseconds for these files: rounded, it can be 0.0); the reuse keeps that time.
+    assert (report.reused, report2.reused) == (False, True) and report.build_seconds is not None and report.build_seconds >= 0
 
 
 def test_fingerprint_tracks_inputs(data):
