@@ -99,7 +99,7 @@ def load_resumable_data(cfg: RunConfig, resumed_data: str | None = None, resumed
     bundle = load_checked_data(cfg)
     fingerprint = data_fingerprint(bundle.train, bundle.val)
     if resumed_data not in (None, fingerprint):
-        changed = changed_files(resumed_files, file_states(cfg)) if resumed_files else []
+        changed = changed_files(resumed_files, file_states(bundle)) if resumed_files else []
         which = f"changed since: {', '.join(changed)}" if changed else f"train/val records {resumed_data} -> {fingerprint}"
         raise ConfigError(
             f"resume: the data's records changed since the checkpoint ({which}), so the sample stream would differ; restore the "
@@ -144,7 +144,7 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> 
         total_steps=run_steps,
         num_workers=cfg.data.num_workers,
         fingerprint=fingerprint,
-        files=file_states(cfg),
+        files=file_states(bundle),
     )
     return Parts(bundle, stream, run_steps, processor, module, datamodule, build_plan(bundle, stream, run_steps))
 

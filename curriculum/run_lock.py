@@ -30,7 +30,7 @@ def holder(run_dir: str) -> dict | None:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read(path) or {"pid": "?", "host": "?"}
+            return _read(path)
         fcntl.flock(f, fcntl.LOCK_UN)
     return None
 
@@ -49,18 +49,18 @@ def acquire(run_dir: str) -> str | None:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        who = _read(path) or {"pid": "?", "host": "?"}
+        who = _read(path)
         raise ConfigError(
             f"{run_dir} is being trained by process {who['pid']} on {who['host']} (it holds {path}); wait for it to end or stop "
             "it before resuming."
         ) from None
-    before = _read(path)
+    before = _read(path) if os.path.getsize(path) else None
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n")
     f.flush()
     _HELD[key] = f
-    if before and before.get("pid") != os.getpid():
+    if before and before["pid"] != os.getpid():
         return f"took over the lock of process {before['pid']} on {before['host']}, which is no longer running"
     return None
 
@@ -72,9 +72,10 @@ def release(run_dir: str) -> None:
         f.close()
 
 
-def _read(path: str) -> dict | None:
+def _read(path: str) -> dict:
+    """The holder the lock file names ({pid, host}), `?` for what it does not say."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.loads(f.read() or "null")
+            return json.loads(f.read() or "null") or {"pid": "?", "host": "?"}
     except (OSError, ValueError):
-        return None
+        return {"pid": "?", "host": "?"}

@@ -36,11 +36,11 @@ def order_groups(names) -> list[str]:
     return [g for g in PREFERRED_GROUP_ORDER if g in names] + sorted(names - set(PREFERRED_GROUP_ORDER))
 
 
-def file_states(cfg: RunConfig) -> dict[str, list[int]]:
-    """Per train and validation data file: [size, mtime, ctime, inode], to name the files that changed since a checkpoint."""
-    train, val = resolve_files(cfg)
+def file_states(bundle: DataBundle) -> dict[str, list[int]]:
+    """Per train and validation data file the bundle was read from: [size, mtime, ctime, inode], to name the files that
+    changed since a checkpoint."""
     out = {}
-    for path in dict.fromkeys(train + val):
+    for path in dict.fromkeys([*bundle.train_report.sources, *bundle.val_report.sources]):
         st = os.stat(path)
         out[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     return out

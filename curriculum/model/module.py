@@ -120,7 +120,7 @@ class _First(Exception):
 
 
 def images_before_embeddings(model: torch.nn.Module, sample: dict) -> bool:
-    """Whether `model`'s forward encodes images before it embeds the text (Gemma 4), as FSDP units then gather.
+    """Whether `model`'s forward encodes images before it embeds the text, the order its FSDP units then gather in.
 
     The forward of a one-image sample stops at whichever comes first, so it costs nothing. A sample
     the model cannot take counts as the usual order (text embeddings first).
