@@ -24,7 +24,7 @@ from curriculum.config import (
     CheckpointConfig, DataConfig, ExportConfig, Mode, ModelConfig, PathsConfig, RunConfig, ScheduleConfig, StageConfig, StageTrainable,
     TrainableConfig, TrainerConfig,
 )
-from curriculum.recipe import build_parts, build_trainer
+from curriculum.run.recipe import build_parts, build_trainer
 
 HALF = {"image_text": 0.5, "text_only": 0.5}
 

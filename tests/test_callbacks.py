@@ -8,7 +8,7 @@ def test_the_progress_bar_fits_80_columns(monkeypatch):
     from pytorch_lightning.callbacks import RichProgressBar
 
     from conftest import compiled
-    from curriculum.callbacks import StageProgressBar
+    from curriculum.run.callbacks import StageProgressBar
 
     bar = StageProgressBar(compiled())
     monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, t, m: {"train/loss_image_text": 4.4812, "train/loss_text_only": 4.95,

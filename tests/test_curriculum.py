@@ -84,7 +84,7 @@ def test_the_canonical_schedules_compose_and_plan_their_documented_counts(name, 
 
     from curriculum.config import validate
     from curriculum.data.sources import load_data
-    from curriculum.plan import build_plan
+    from curriculum.schedule.plan import build_plan
     from curriculum.schedule.stream import build_stream
 
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base=None):

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from conftest import REPO, png
-from curriculum.recipe import build_parts, build_trainer
+from curriculum.run.recipe import build_parts, build_trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 import ddp_worker  # noqa: E402

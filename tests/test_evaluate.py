@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText
 from conftest import record
 from curriculum.data.collate import Collator
 from curriculum.data.records import load_or_build
-from curriculum.evaluate import EvalSettings, Evaluator, answer_of, eval_metrics, eval_records, exact_match, normalise_answer, split_reference, token_f1
+from curriculum.run.evaluate import EvalSettings, Evaluator, answer_of, eval_metrics, eval_records, exact_match, normalise_answer, split_reference, token_f1
 from curriculum.model.load import load_processor
 from curriculum.model.module import NOT_MODEL_INPUTS
 
@@ -95,7 +95,7 @@ def test_curriculum_eval_says_in_one_line_what_a_folder_lacks(tmp_path, capsys):
 def test_generation_scores_every_n_validation_rounds_by_step():
     from types import SimpleNamespace
 
-    from curriculum.callbacks import GenerationEval
+    from curriculum.run.callbacks import GenerationEval
 
     written = []
     module = SimpleNamespace(write_metrics=lambda metrics, step: written.append(step))

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 
-from curriculum.datamodule import _RankSlices
+from curriculum.run.datamodule import _RankSlices
 
 BASE = [
     "schedule.stages.align.steps=2", "schedule.stages.blend.steps=2", "trainer.val_every_n_steps=2", "trainer.accelerator=cpu",

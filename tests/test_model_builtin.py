@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText
 from curriculum.config import ConfigError
 from curriculum.data.builtin import iter_texts, text_pretraining_records
 from curriculum.data.records import load_or_build
-from curriculum.evaluate import Evaluator
+from curriculum.run.evaluate import Evaluator
 from curriculum.model import builtin as model_builtin
 from curriculum.model.builtin import builtin_names, ensure_builtin
 from curriculum.model.components import component_of

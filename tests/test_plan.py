@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from curriculum.plan import print_plan
+from curriculum.schedule.plan import print_plan
 from families import chat_markers, supervised
 
 
@@ -37,7 +37,7 @@ def test_inspect_shows_what_training_sees_on_both_architectures(arch, cache_dir,
     from curriculum.data.collate import Collator
     from curriculum.data.records import load_or_build
     from curriculum.model.load import load_processor
-    from curriculum.plan import inspect_samples
+    from curriculum.schedule.plan import inspect_samples
 
     table, _ = load_or_build([shapes.train_file], cache_dir=cache_dir)
     collator = Collator(load_processor(arch), ["image_text", "text_only"], 2048, "skip")

@@ -16,7 +16,7 @@ from conftest import one_stage
 from curriculum.cli.evaluate import run as evaluate_folder
 from curriculum.data.collate import takes_text_only
 from curriculum.model.load import resolve_model_path
-from curriculum.recipe import train
+from curriculum.run.recipe import train
 
 
 def quick_config(cache_dir, model: ModelConfig) -> RunConfig:
@@ -116,7 +116,7 @@ def test_export_keeps_the_base_tokenizers_padding_side(cache_dir, shapes, tmp_pa
     [(8, 1, 0, None, 8), (8, 2, 2, None, 2), (2, 1, 2, None, 1), (16, 8, 4, None, 1), (2, 1, 0, 3, 3)],
 )
 def test_cpu_threads_share_the_usable_cores_among_processes_and_workers(monkeypatch, cores, devices, workers, threads, expected):
-    from curriculum.recipe import cpu_threads
+    from curriculum.run.recipe import cpu_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     cfg = RunConfig(trainer=TrainerConfig(devices=devices, threads=threads), data=DataConfig(num_workers=workers))

@@ -21,7 +21,7 @@ from curriculum.data import records as records_module
 from curriculum.data.files import expand
 from curriculum.data.formats import DataFileError
 from curriculum.data.images import load_image
-from curriculum.datamodule import RecordDataset
+from curriculum.run.datamodule import RecordDataset
 from curriculum.data.records import (
     SCHEMA,
     LoadReport,

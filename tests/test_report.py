@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from curriculum.report import aggregate, few_seeds, read_metrics, read_overrides, read_status, stage_starts, summarize, write_run_report, write_summary
+from curriculum.report.runs import aggregate, few_seeds, read_metrics, read_overrides, read_status, stage_starts, summarize, write_run_report, write_summary
 
 GROUPS = ("image_text", "text_only")
 ALIGN, BLEND = 15, 25  # steps per stage
@@ -257,8 +257,8 @@ def test_cli_on_wrong_folder(tmp_path):
 
 
 def test_a_running_run_whose_process_is_gone_reads_as_stopped(tmp_path):
-    from curriculum import run_lock
-    from curriculum.report import read_status
+    from curriculum.run import lock as run_lock
+    from curriculum.report.runs import read_status
 
     (tmp_path / "status.json").write_text('{"status": "running", "reason": null}')
     (tmp_path / "metrics.csv").write_text("step\n")

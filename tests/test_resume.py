@@ -16,7 +16,7 @@ import torch
 from conftest import REPO, png, read_json, run_cli
 from lightning_fabric.plugins.io import torch_io
 
-from curriculum.callbacks import AtomicCheckpointIO
+from curriculum.run.checkpoints import AtomicCheckpointIO
 
 ARGS = [
     "schedule.stages.align.steps=4", "schedule.stages.blend.steps=8", "data.micro_batch_size=4",
@@ -297,7 +297,7 @@ def test_a_run_killed_after_its_last_checkpoint_finishes_its_export_on_resume(fi
 
 def test_changes_to_the_future_are_accepted_and_recorded(finished_run):
     from curriculum.config import validate
-    from curriculum.resume import apply_overrides, prepare, saved_config
+    from curriculum.run.resume import apply_overrides, prepare, saved_config
 
     cfg = validate(apply_overrides(saved_config(finished_run), [f"resume={finished_run}"]))
     cfg.resume = str(finished_run)
@@ -319,7 +319,7 @@ def finished_run(tmp_path_factory, cache_dir, shapes):
 
 def test_resume_latest_takes_the_newest_run_that_can_continue(tmp_path):
     from curriculum.config import ConfigError
-    from curriculum.resume import find_run
+    from curriculum.run.resume import find_run
 
     def folder(name, status, checkpoint=False, job="train"):
         d = tmp_path / "2026-01-01" / name
@@ -372,7 +372,7 @@ def fake_run(tmp_path, done: int, *overrides: str):
 
 def test_growing_the_current_stage_keeps_its_fraction_ramp_length(tmp_path):
     from curriculum.config import ConfigError, validate
-    from curriculum.resume import apply_overrides, prepare, saved_config
+    from curriculum.run.resume import apply_overrides, prepare, saved_config
 
     # Default blend ramp: a quarter of the stage, 2 of 8 steps; the run stopped at step 3 (inside blend).
     run = fake_run(tmp_path, 3, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8")
@@ -389,7 +389,7 @@ def test_growing_the_current_stage_keeps_its_fraction_ramp_length(tmp_path):
 
 def test_growing_the_current_stage_keeps_its_warmup_length(tmp_path):
     from curriculum.config import ConfigError, validate
-    from curriculum.resume import apply_overrides, prepare, saved_config
+    from curriculum.run.resume import apply_overrides, prepare, saved_config
 
     # blend warms up over 25% of its 8 steps (2); the run stopped at step 3, inside blend.
     run = fake_run(tmp_path, 3, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8", "schedule.stages.blend.warmup_fraction=0.25")
@@ -426,7 +426,7 @@ def test_resume_refuses_data_files_whose_records_changed(tmp_path, cache_dir):
 
 
 def test_stream_loader_state_is_the_position_and_a_mismatch_is_refused():
-    from curriculum.datamodule import StreamLoader
+    from curriculum.run.datamodule import StreamLoader
 
     at = {"position": 48}
     loader = StreamLoader(list(range(4)), position=lambda: at["position"])
@@ -440,7 +440,7 @@ def test_stream_loader_state_is_the_position_and_a_mismatch_is_refused():
 
 def test_resume_refuses_a_new_stage_length_that_moves_a_started_megabatch(tmp_path):
     from curriculum.config import ConfigError, validate
-    from curriculum.resume import apply_overrides, prepare, saved_config
+    from curriculum.run.resume import apply_overrides, prepare, saved_config
 
     # Global batch 8, megabatch of 4 steps; blend has 10 steps, so its last megabatch is blend steps 8-9.
     def resume_at(done_in_blend):
@@ -458,7 +458,7 @@ def test_resume_refuses_a_new_stage_length_that_moves_a_started_megabatch(tmp_pa
 
 def test_changing_a_finished_stage_is_refused_by_its_own_key(tmp_path):
     from curriculum.config import ConfigError, validate
-    from curriculum.resume import apply_overrides, prepare, saved_config
+    from curriculum.run.resume import apply_overrides, prepare, saved_config
 
     run = fake_run(tmp_path, 11, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8",
                    "+schedule.stages.extra.steps=4", "+schedule.stages.extra.mix={text_only: 1.0}")
@@ -471,7 +471,7 @@ def test_changing_a_finished_stage_is_refused_by_its_own_key(tmp_path):
 def test_a_stage_that_ended_cannot_grow_its_lr_would_jump(tmp_path):
     """Stopped exactly at the end of `blend` (its cosine decayed to the floor): lengthening it would restart the decay."""
     from curriculum.config import ConfigError, RunConfig
-    from curriculum.resume import prepare
+    from curriculum.run.resume import prepare
 
     run = fake_run(tmp_path, 10, "schedule.stages.align.steps=2", "schedule.stages.blend.steps=8")
     with pytest.raises(ConfigError, match=r"the stage ended at step 10 .* would jump the LR .* add a stage instead"):
@@ -522,7 +522,7 @@ def test_the_skip_policy_an_error_suggests_is_accepted_on_resume_and_refusals_pr
     """A run stopped by an invalid sample (under `error`, nothing was skipped) resumes with data.on_invalid=skip;
     the opposite change is refused, and the sentence names the values as the user writes them."""
     from curriculum.config import ConfigError, RunConfig
-    from curriculum.resume import prepare
+    from curriculum.run.resume import prepare
 
     run = fake_run(tmp_path / "a", 3)
     r = prepare(RunConfig(resume=str(run)), str(run), ["data.on_invalid=skip"])

@@ -12,8 +12,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from conftest import run_cli
 from curriculum.model.components import component_of
-from curriculum.resume import last_checkpoint
-from curriculum.sharding import block_modules, swap_in
+from curriculum.model.sharding import block_modules
+from curriculum.run.checkpoints import last_checkpoint, swap_in
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_ddp import changed_on_identical_ranks, run_ddp  # noqa: E402
@@ -115,7 +115,7 @@ def test_a_sharded_run_resumes_exactly_and_exports_a_full_model(tmp_path, cache_
 
 def test_a_resume_across_file_and_sharded_checkpoints_is_refused_in_one_sentence(tmp_path):
     from curriculum.config import ConfigError, validate
-    from curriculum.resume import apply_overrides, prepare, saved_config
+    from curriculum.run.resume import apply_overrides, prepare, saved_config
     from test_resume import fake_run
 
     run = fake_run(tmp_path, 3)  # a one-process run: last.ckpt is one file
@@ -130,7 +130,7 @@ def test_a_cross_attention_family_is_refused_with_fsdp_in_one_sentence(cache_dir
 
     from curriculum.config import ConfigError, RunConfig, TrainerConfig
     from curriculum.model.load import load_processor
-    from curriculum.recipe import build_vision_dummy
+    from curriculum.run.recipe import build_vision_dummy
 
     path = ensure_family("tiny-mllama", cache_dir, llava_path)
     cfg = RunConfig(trainer=TrainerConfig(strategy="fsdp", devices=2, accelerator="cpu"))
@@ -165,14 +165,14 @@ def test_a_sharded_rank_whose_samples_were_all_skipped_still_runs_the_whole_forw
 def test_a_sharded_resume_missing_a_trained_weight_is_refused_naming_it(tmp_path):
     """A partial load would leave a trained weight at the base model's value; it is refused instead."""
     from curriculum.config import ConfigError
-    from curriculum.sharding import refuse_missing_trained
+    from curriculum.run.checkpoints import refuse_missing_trained
 
     class Tiny(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.trained, self.frozen = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
 
-        def _never_trained(self):
+        def never_trained(self):
             return ["frozen.weight", "frozen.bias"]
 
     module = Tiny()

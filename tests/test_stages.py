@@ -16,9 +16,9 @@ from conftest import png
 from curriculum.config import (
     CheckpointConfig, DataConfig, ExportConfig, Mode, OnInvalid, PathsConfig, RunConfig, ScheduleConfig, StageConfig, StageTrainable, TrainerConfig,
 )
-from curriculum.datamodule import _RankSlices, stratified_order
+from curriculum.run.datamodule import _RankSlices, stratified_order
 from curriculum.model.components import component_of
-from curriculum.recipe import build_parts, build_trainer, train
+from curriculum.run.recipe import build_parts, build_trainer, train
 
 FROZEN, FULL = StageTrainable(language=Mode.frozen), StageTrainable(language=Mode.full)
 HALF = {"image_text": 0.5, "text_only": 0.5}

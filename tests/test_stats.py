@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from curriculum.stats import mean_interval, t_cdf, t_quantile
+from curriculum.report.stats import mean_interval, t_cdf, t_quantile
 
 
 @pytest.mark.parametrize(

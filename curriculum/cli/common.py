@@ -207,7 +207,7 @@ def run_task(
         SWEEP_DIRS.append(os.path.dirname(run_dir))
     try:
         # A resume's composed config is the defaults plus forced overrides; the run's own saved
-        # config with the overrides is what gets checked (curriculum.resume.prepare).
+        # config with the overrides is what gets checked (curriculum.run.resume.prepare).
         cfg = validate(raw, check=not raw.get("resume"))
         quiet_output(lightning)
         task(cfg, run_dir, list(hc.overrides.task))

@@ -23,14 +23,14 @@ from curriculum.config import ConfigError, RunConfig, validate
 
 
 def _is_run(folder: str) -> bool:
-    from curriculum.resume import RUN_CONFIG
+    from curriculum.run.resume import RUN_CONFIG
 
     return os.path.isfile(os.path.join(folder, RUN_CONFIG)) or os.path.isfile(os.path.join(folder, ".hydra", "config.yaml"))
 
 
 def load_config(folder: str, overrides: list[str]) -> tuple[RunConfig, str]:
     """(config, model folder) for a run folder (its saved config and export/) or an export folder."""
-    from curriculum.resume import apply_overrides, saved_config
+    from curriculum.run.resume import apply_overrides, saved_config
 
     if _is_run(folder):
         export = os.path.join(folder, "export")
@@ -95,7 +95,7 @@ def print_scores(result: dict) -> None:
 def run(folder: str, overrides: list[str]) -> str:
     """Evaluate `folder` and write its eval.json; returns the path."""
     from curriculum.data.sources import load_data
-    from curriculum.evaluate import EvalSettings, Evaluator, eval_records, write_eval
+    from curriculum.run.evaluate import EvalSettings, Evaluator, eval_records, write_eval
 
     cfg, model_dir = load_config(folder, overrides)
     bundle = load_data(cfg, on_invalid="skip")

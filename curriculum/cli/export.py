@@ -23,7 +23,7 @@ ALLOWED = ("export.mode", "export.dir")
 
 def checkpoint_path(run: str, name: str | None) -> str:
     """The run's last.ckpt, or the named checkpoint (a file or folder name under checkpoints/, or a path)."""
-    from curriculum.resume import last_checkpoint
+    from curriculum.run.checkpoints import last_checkpoint
 
     if name is None:
         path = last_checkpoint(run)
@@ -40,7 +40,7 @@ def checkpoint_path(run: str, name: str | None) -> str:
 def run(folder: str, overrides: list[str], checkpoint: str | None = None) -> tuple[str, str]:
     """Export `folder`'s checkpoint; returns (what was written, where)."""
     from curriculum.config import validate
-    from curriculum.resume import apply_overrides, is_training_run, saved_config
+    from curriculum.run.resume import apply_overrides, is_training_run, saved_config
 
     folder = os.path.abspath(os.path.expanduser(folder))
     if not is_training_run(folder):
@@ -52,7 +52,7 @@ def run(folder: str, overrides: list[str], checkpoint: str | None = None) -> tup
     ckpt = checkpoint_path(folder, checkpoint)
     quiet_output()
     from curriculum.data.sources import cache_dir
-    from curriculum.export import export_dir, export_model, load_checkpoint_weights
+    from curriculum.run.export import export_dir, export_model, load_checkpoint_weights
     from curriculum.model.load import load_model, load_processor, resolve_model_path
 
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))

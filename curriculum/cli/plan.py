@@ -14,7 +14,7 @@ from curriculum.config import RunConfig
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     # Imported here, so a config error answers before the training stack loads.
     from curriculum.data.sources import describe_invalid, load_data
-    from curriculum.plan import build_plan, plot_plan, print_plan, write_plan
+    from curriculum.schedule.plan import build_plan, plot_plan, print_plan, write_plan
     from curriculum.schedule.stream import build_stream
 
     # Read everything even in error mode, so the report lists every invalid record at once.
@@ -40,7 +40,7 @@ def _inspect(cfg: RunConfig, bundle, run_dir: str) -> None:
     from curriculum.data.collate import Collator
     from curriculum.data.sources import cache_dir
     from curriculum.model.load import load_processor, resolve_model_path
-    from curriculum.plan import inspect_samples, print_inspected, write_inspected
+    from curriculum.schedule.plan import inspect_samples, print_inspected, write_inspected
 
     processor = load_processor(resolve_model_path(cfg.model.name_or_path, cache_dir(cfg)), cfg.model.processor_kwargs)
     collator = Collator(processor, bundle.group_names, cfg.data.max_length, "skip", truncate=cfg.data.truncate)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from curriculum.report import (
+from curriculum.report.runs import (
     MIN_SEEDS,
     aggregate,
     differing_overrides,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import time
@@ -14,16 +15,19 @@ from omegaconf import DictConfig
 
 from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, process_rank, run_task, user_message
 from curriculum.config import ConfigError, RunConfig
-from curriculum import run_lock
-from curriculum.resume import find_run, run_status, prepare
+from curriculum.run import lock as run_lock
+from curriculum.run.resume import find_run, run_status, prepare
 
 
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     # The training stack is imported only for a run that starts: config errors and refused resumes answer fast.
-    from curriculum.recipe import train
+    from curriculum.run.recipe import train
 
     train(cfg, run_dir, overrides)
     if process_rank() == 0:
+        from curriculum.report.runs import write_run_report
+
+        logging.getLogger("curriculum").info("report: %s", write_run_report(run_dir))
         print(f"run folder: {run_dir}")
 
 
@@ -68,7 +72,7 @@ def resume_args(args: list[str]) -> list[str]:
         raise Complete(f"resume: {run} is complete: it trained all {total} steps it is configured for; nothing was changed. To train on, {more}.")
     if resumed.checkpoint is None:
         print(f"resume: {run} stopped before its first checkpoint: it starts again from step 0 in its folder", file=sys.stderr)
-    from curriculum.recipe import load_resumable_data
+    from curriculum.run.recipe import load_resumable_data
 
     load_resumable_data(resumed.cfg, resumed.data_fingerprint, resumed.data_files)
     if process_rank() == 0:  # the process that trains holds the lock from here on (other nodes' processes do not)
@@ -88,7 +92,7 @@ def _force(arg: str) -> str:
 def _failed(run_dir: str, reason: str, multirun: bool) -> None:
     """Mark a started run (or a sweep's job, for its report) failed; remove the folder of a single run that never started."""
     if multirun or os.path.isfile(os.path.join(run_dir, "status.json")):
-        from curriculum.recipe import write_status
+        from curriculum.run.recipe import write_status
 
         if os.path.isdir(run_dir):
             write_status(run_dir, "failed", reason)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from curriculum.config import COMPONENTS, ConfigError, Mode, OptimConfig
 from curriculum.data.collate import IGNORE_INDEX
-from curriculum.metrics_log import RunCSVLogger
+from curriculum.run.metrics_log import RunCSVLogger
 from curriculum.model.components import component_of, component_prefixes
 from curriculum.schedule.stages import Schedule, Stage
 
@@ -325,9 +325,9 @@ class VLMModule(pl.LightningModule):
     def configure_model(self) -> None:
         if not self.sharded or self._identity is not None:
             return
-        from curriculum.sharding import shard_model
+        from curriculum.model.sharding import shard_model
 
-        frozen = self._never_trained()
+        frozen = self.never_trained()
         self._identity = (sorted(frozen), weights_identity(self.state_dict(keep_vars=True), frozen))
         # bf16-mixed: float32 shards (the optimizer's precision), gathered in bf16 for compute.
         param_dtype = torch.bfloat16 if str(self.trainer.precision) in ("bf16-mixed", "bf16") else None
@@ -550,7 +550,7 @@ class VLMModule(pl.LightningModule):
         for k in shown:
             self.log(k, metrics[k], prog_bar=True, logger=False, rank_zero_only=True)
 
-    def _never_trained(self) -> list[str]:
+    def never_trained(self) -> list[str]:
         """state_dict keys of parameters no stage trains (every alias of a tied weight)."""
         trained = {id(p) for params in self.trained_parameters().values() for p in params}
         return [k for k, v in self.state_dict(keep_vars=True).items() if isinstance(v, torch.nn.Parameter) and id(v) not in trained]
@@ -558,7 +558,7 @@ class VLMModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lean checkpoints: weights no stage trains come from the base model again on resume; an
         # identity of them makes sure it is the same base.
-        frozen = self._never_trained()
+        frozen = self.never_trained()
         for key in frozen:
             checkpoint["state_dict"].pop(key, None)
         optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
@@ -595,7 +595,7 @@ class VLMModule(pl.LightningModule):
                 current = self.state_dict(keep_vars=True)
                 absent = [k for k, v in current.items() if isinstance(v, torch.nn.Parameter) and k not in checkpoint["state_dict"]]
             else:  # a sharded checkpoint's weights are loaded already; it left out what no stage trains
-                absent = self._never_trained()
+                absent = self.never_trained()
             if self._base_identity(absent) != state["base_weights"]:
                 raise ConfigError(
                     "resume: the base model's weights that this run does not train differ from the ones its checkpoint was "

@@ -4,7 +4,7 @@ LM head became units of their own, measured on 2 gloo processes with torch's ful
 A random LLaVA-shaped model with a Qwen2-sized vocabulary (151,936; built from configs, never
 downloaded) is sharded both ways over 2 CPU ranks:
 - before: each decoder layer and vision block a unit, everything else the root unit;
-- after (`curriculum.sharding.shard_model`): the same, plus the input embeddings and the LM head.
+- after (`curriculum.model.sharding.shard_model`): the same, plus the input embeddings and the LM head.
 Per rank it reports the parameter bytes held as shards (float32), the bytes the root unit gathers
 for the whole forward and backward (its parameters at full size), and the most gathered at once
 (the root plus the largest other unit), then times one forward + backward.
@@ -54,7 +54,7 @@ def shard_blocks_only(model: torch.nn.Module, mesh) -> None:
     """The policy before: blocks as units, the rest (embeddings and head included) the root unit."""
     from torch.distributed.fsdp import fully_shard
 
-    from curriculum.sharding import block_modules
+    from curriculum.model.sharding import block_modules
 
     for block in block_modules(model):
         fully_shard(block, mesh=mesh)
@@ -75,7 +75,7 @@ def measure(rank: int, args: argparse.Namespace, init: str, out: str) -> None:
     """One rank: shard both ways, count bytes, time a forward + backward."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    from curriculum.sharding import shard_model
+    from curriculum.model.sharding import shard_model
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     mesh = init_device_mesh("cpu", (2,))

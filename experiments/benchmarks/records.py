@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchlib import machine_line, markdown_table
 from curriculum.data.records import load_or_build
-from curriculum.datamodule import RecordDataset
+from curriculum.run.datamodule import RecordDataset
 
 MB = 2**20
 WORKERS = 2

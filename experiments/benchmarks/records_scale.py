@@ -180,7 +180,7 @@ def task_workers(files: list[str], cache: str, n: int) -> dict:
 
     from curriculum.data.images import load_image
     from curriculum.data.records import load_or_build
-    from curriculum.datamodule import RecordDataset
+    from curriculum.run.datamodule import RecordDataset
     from records import read_sampled
 
     table, _ = load_or_build(files, cache_dir=cache, on_invalid="skip")

@@ -174,7 +174,7 @@ def tiny_config(tmp: str, *overrides: str):
 
 def checkpoint_table(tmp: str) -> str:
     """Size of last.ckpt after 2 steps for a full, a default and a LoRA run of the tiny model."""
-    from curriculum.recipe import train
+    from curriculum.run.recipe import train
 
     cases = {
         "full (every component trained)": ["model.trainable.vision=full"],
@@ -196,8 +196,8 @@ def overhead_table(tmp: str, steps: int, n_rounds: int) -> str:
     """Trainer.fit vs a hand-written loop over the same module, batches, optimizer and schedule."""
     import pytorch_lightning as pl
 
-    from curriculum.datamodule import NextInGroup, RecordDataset
-    from curriculum.recipe import build_parts, build_trainer
+    from curriculum.run.datamodule import NextInGroup, RecordDataset
+    from curriculum.run.recipe import build_parts, build_trainer
 
     def fresh():
         cfg = tiny_config(tmp, f"trainer.max_steps={steps}", "checkpoint.every_n_steps=0", "logger.csv=false")
@@ -275,7 +275,7 @@ def llava_1b(folder: str) -> float:
 def run_startup(model: str, probe: bool) -> dict:
     """build_parts for a 1-process run of `model` (and, with `probe`, the former pre-fit CPU probe): seconds, peak RSS."""
     from curriculum.model.module import freeze_unused_parameters
-    from curriculum.recipe import _probe_records, build_parts
+    from curriculum.run.recipe import _probe_records, build_parts
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="startup-") as tmp:

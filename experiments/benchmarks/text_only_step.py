@@ -1,8 +1,8 @@
 """Benchmark: one training step (forward + backward + AdamW) on a text-only micro-batch, three ways.
 
 - ours: the Collator's batch has no pixel_values and VLMModule.group_losses handles it, with the
-  vision dummy exactly as the recipe builds it (curriculum.recipe.build_vision_dummy: none on one
-  process, one under DDP): module, collator and optimizer come from curriculum.recipe.build_parts
+  vision dummy exactly as the recipe builds it (curriculum.run.recipe.build_vision_dummy: none on one
+  process, one under DDP): module, collator and optimizer come from curriculum.run.recipe.build_parts
   on the project's default config;
 - LLaVA way: the same samples with "<image>\\n" prepended to the first user turn and one black
   full-size image each, so the vision tower and the projector run on every sample;
@@ -38,7 +38,7 @@ from curriculum.data.collate import IGNORE_INDEX
 from curriculum.data.records import RecordTable
 from curriculum.model.components import component_of
 from curriculum.model.module import VLMModule
-from curriculum.recipe import Parts, build_parts
+from curriculum.run.recipe import Parts, build_parts
 
 # Overrides of the project's default config (conf/config.yaml) per case.
 # Two DDP processes (the layout is only read, nothing is launched) make the recipe build its vision dummy.

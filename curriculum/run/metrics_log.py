@@ -9,7 +9,7 @@ import os
 from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
-from curriculum.metrics_file import FILE, read_rows
+from curriculum.run.metrics_file import FILE, read_rows
 
 class RunCSVLogger(Logger):
     """CSV logger that appends a flushed line per row and, on resume, keeps only rows before `resume_step`."""

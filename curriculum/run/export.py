@@ -67,7 +67,7 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> None:
     """
     from curriculum.config import ConfigError
     from curriculum.model.module import weights_identity
-    from curriculum.resume import checkpoint_meta, is_sharded_checkpoint
+    from curriculum.run.checkpoints import checkpoint_meta, is_sharded_checkpoint
 
     # The LightningModule holds the model as `model`: its checkpoint keys carry that prefix.
     current = {f"model.{k}": v for k, v in model.state_dict(keep_vars=True).items()}

@@ -13,24 +13,24 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from curriculum import run_lock
+from curriculum.run import lock as run_lock
 from curriculum.atomic import write_json
-from curriculum.callbacks import AtomicCheckpointIO, GenerationEval, RunCheckpoints, StageProgressBar, StepRows
+from curriculum.run.callbacks import GenerationEval, StageProgressBar, StepRows
+from curriculum.run.checkpoints import AtomicCheckpointIO, RunCheckpoints, ShardedStrategy
 from curriculum.config import ConfigError, Mode, RunConfig, device_count
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, changed_files, file_states, load_data, require_valid
-from curriculum.datamodule import CurriculumDataModule, data_fingerprint
-from curriculum.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, write_eval
-from curriculum.export import export_dir, export_model
-from curriculum.metrics_log import RunCSVLogger
+from curriculum.run.datamodule import CurriculumDataModule, data_fingerprint
+from curriculum.run.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, write_eval
+from curriculum.run.export import export_dir, export_model
+from curriculum.run.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.model.module import VisionDummy, VLMModule, images_before_embeddings, one_image_sample, vision_dummy_inputs
-from curriculum.plan import build_plan, plot_plan, write_plan
-from curriculum.report import write_run_report
-from curriculum.resume import RUN_CONFIG, Resume
-from curriculum.resume import prepare as prepare_resume
-from curriculum.resume import record as record_resume
-from curriculum.sharding import ShardedStrategy, full_state_dict
+from curriculum.schedule.plan import build_plan, plot_plan, write_plan
+from curriculum.run.resume import RUN_CONFIG, Resume
+from curriculum.run.resume import prepare as prepare_resume
+from curriculum.run.resume import record as record_resume
+from curriculum.model.sharding import full_state_dict
 from curriculum.schedule.stream import CurriculumStream, build_stream
 
 log = logging.getLogger("curriculum")
@@ -356,5 +356,4 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
             kind = export_model(module.model, parts.processor, out, cfg.export.mode, gathered)
             log.info("exported %s to %s", kind, out)
         write_status(run_dir, "completed")
-        log.info("report: %s", write_run_report(run_dir))
     return run_dir

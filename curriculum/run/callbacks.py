@@ -1,30 +1,17 @@
-"""Trainer callbacks: checkpoints at step boundaries (last.ckpt every N steps and at stage ends,
-stage-<name>.ckpt), per-step rows, the stage progress bar and periodic generation scores."""
+"""Trainer callbacks: per-step metrics rows, the stage progress bar and periodic generation scores
+(checkpoint callbacks live in checkpoints.py)."""
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from curriculum.resume import LAST
 from curriculum.schedule.stages import Schedule
 
 log = logging.getLogger("curriculum")
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint under a temporary name and renames it, so a kill leaves the old one intact."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = str(path)
-        tmp = path + ".tmp"
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
 
 
 class StepRows(pl.Callback):
@@ -34,55 +21,6 @@ class StepRows(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             pl_module.write_step_row()
-
-
-class RunCheckpoints(pl.Callback):
-    """Saves after the step's validation when there is one, so a resumed run neither repeats nor skips it."""
-
-    def __init__(self, schedule: Schedule, dirpath: str, every_n_steps: int, val_every_n_steps: int | None, run_steps: int):
-        self.ends = {st.end_step: st.name for st in schedule.stages}
-        self.starts = {st.start_step: st for st in schedule.stages}
-        self.dirpath = dirpath
-        self.every = every_n_steps
-        # None when the run has no validation data.
-        self.val_every = val_every_n_steps
-        self.run_steps = run_steps
-        self._pending: int | None = None
-
-    def _due(self, step: int) -> bool:
-        return step in self.ends or step == self.run_steps or (self.every > 0 and step % self.every == 0)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if batch_idx % trainer.accumulate_grad_batches == 0 and step in self.starts:
-            st = self.starts[step]
-            t = st.trainable
-            log.info("stage %s starts at step %d (vision %s, projector %s, language %s; lr %g, %d warmup steps, %s)",
-                     st.name, step, t.vision.value, t.projector.value, t.language.value, st.lr.peak, st.lr.warmup_steps, st.lr.scheduler)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return
-        step = trainer.global_step
-        if not self._due(step):
-            return
-        if self.val_every and step % self.val_every == 0:
-            self._pending = step
-        else:
-            self._save(trainer, step)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if self._pending is not None and not trainer.sanity_checking:
-            self._save(trainer, self._pending)
-            self._pending = None
-
-    def _save(self, trainer: pl.Trainer, step: int) -> None:
-        if step in self.ends:
-            path = os.path.join(self.dirpath, f"stage-{self.ends[step]}.ckpt")
-            trainer.save_checkpoint(path, weights_only=False)
-            log.info("stage %s ended at step %d: %s", self.ends[step], step, path)
-        # Full checkpoints: optimizer, scheduler and loop state are what exact resume needs.
-        trainer.save_checkpoint(os.path.join(self.dirpath, LAST), weights_only=False)
 
 
 class StageProgressBar(RichProgressBar):

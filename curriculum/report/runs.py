@@ -19,9 +19,9 @@ import textwrap
 import numpy as np
 import yaml
 
-from curriculum import run_lock
-from curriculum.metrics_file import FILE, read_rows
-from curriculum.stats import mean_interval
+from curriculum.run import lock as run_lock
+from curriculum.run.metrics_file import FILE, read_rows
+from curriculum.report.stats import mean_interval
 
 GROUP_PREFIXES = ("train/loss_", "val/loss_", "train/tokens_", "mix/", "samples/")
 Rows = list[dict[str, float]]

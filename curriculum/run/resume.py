@@ -9,15 +9,11 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-import torch
 from omegaconf import OmegaConf
 
 from curriculum.config import ConfigError, RampConfig, RunConfig, validate
+from curriculum.run.checkpoints import checkpoint_position, is_sharded_checkpoint, last_checkpoint
 from curriculum.schedule.stages import ramp_steps, warmup_steps
-
-LAST = "last.ckpt"
-# Lightning's file of run state (loops, schedulers, callbacks, ours) inside a sharded checkpoint folder.
-META = "meta.pt"
 
 RUN_CONFIG = "run_config.yaml"
 CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "schedule", "hydra", "experiment"}
@@ -110,35 +106,6 @@ def apply_overrides(base, overrides: list[str], command: str = "resume"):
             raise ConfigError(f"{command}: `{o.input_line}` is not allowed on a saved run's config: override single keys, e.g. trainer.max_steps=200.")
         OmegaConf.update(cfg, key, o.value(), merge=True, force_add=True)
     return cfg
-
-
-def is_sharded_checkpoint(path: str) -> bool:
-    """True for a checkpoint folder written by ShardedStrategy (one shard per rank plus META)."""
-    return os.path.isfile(os.path.join(path, META))
-
-
-def checkpoint_meta(path: str) -> str:
-    """The file that holds a checkpoint's run state: the checkpoint itself, or META in a sharded one."""
-    return os.path.join(path, META) if os.path.isdir(path) else path
-
-
-def last_checkpoint(run_dir: str) -> str | None:
-    """The run's checkpoints/last.ckpt (a file, or a sharded folder), or None when it has none.
-
-    A kill while a sharded checkpoint is swapped in can leave only the previous one, as last.ckpt.old.
-    """
-    path = os.path.join(run_dir, "checkpoints", LAST)
-    for candidate in (path, path + ".old"):
-        if os.path.isfile(candidate) or is_sharded_checkpoint(candidate):
-            return candidate
-    return None
-
-
-def checkpoint_position(path: str) -> tuple[int, str | None, dict | None]:
-    """Optimizer steps done in a checkpoint, the fingerprint of the data it trained on, and its data files' states."""
-    ckpt = torch.load(checkpoint_meta(path), map_location="cpu", mmap=True, weights_only=False)
-    data = ckpt.get("CurriculumDataModule", {})
-    return int(ckpt["global_step"]), data.get("data"), data.get("data_files")
 
 
 def flatten(d, prefix: str = "") -> dict:
