@@ -339,6 +339,13 @@ class TrainerConfig:
     # node's processes, less one per DataLoader worker (oversubscribed OpenMP threads spin).
     threads: Optional[int] = None
 
+    def shards_parameters(self) -> bool:
+        """True when the strategy shards parameters (FSDP2): every rank runs the same modules' forward and checkpoints are folders.
+
+        The one place that decides it (check() refuses every other FSDP spelling).
+        """
+        return self.strategy == "fsdp"
+
     def check(self) -> None:
         if self.max_steps is not None:
             _positive("trainer.max_steps", self.max_steps)
@@ -481,7 +488,7 @@ class RunConfig:
                 f"model.frozen_dtype={frozen} differs from model.dtype={self.model.dtype} and needs trainer.precision=bf16-mixed "
                 f"(autocast computes with both), not {self.trainer.precision}."
             )
-        if self.trainer.strategy == "fsdp" and self.export.mode == "merged":
+        if self.trainer.shards_parameters() and self.export.mode == "merged":
             raise ConfigError(
                 "export.mode=merged is not supported with trainer.strategy=fsdp: export the adapter (export.mode=adapter) and merge "
                 "it with PEFT's merge_and_unload on one process."

@@ -283,7 +283,7 @@ def test_a_prefix_lm_sees_its_prompt_both_ways_and_its_answers_causally(cache_di
 def test_a_record_with_two_images_collates_and_trains_on_every_family(arch, tmp_path):
     from transformers import AutoModelForImageTextToText
 
-    from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
+    from curriculum.model.loss import NOT_MODEL_INPUTS, supervised_token_losses
 
     processor = load_processor(arch)
     images = [png(tmp_path / "a.png"), png(tmp_path / "b.png", color=(0, 0, 255), size=(48, 32))]

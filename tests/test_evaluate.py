@@ -11,7 +11,7 @@ from curriculum.data.collate import Collator
 from curriculum.data.records import load_or_build
 from curriculum.run.evaluate import EvalSettings, Evaluator, answer_of, eval_metrics, eval_records, exact_match, normalise_answer, split_reference, token_f1
 from curriculum.model.load import load_processor
-from curriculum.model.module import NOT_MODEL_INPUTS
+from curriculum.model.loss import NOT_MODEL_INPUTS
 
 
 def test_answers_are_normalised_then_scored():

@@ -14,7 +14,9 @@ from curriculum.data.collate import Collator
 from curriculum.model.components import component_of
 from curriculum.model.load import load_model, load_processor
 from curriculum.model.components import component_prefixes
-from curriculum.model.module import VisionDummy, VLMModule, freeze_unused_parameters, vision_dummy_inputs
+from curriculum.model.module import VLMModule
+from curriculum.model.trainability import freeze_unused_parameters
+from curriculum.model.vision_dummy import VisionDummy, vision_dummy_inputs
 
 GROUPS = ["image_text", "text_only"]
 
@@ -155,7 +157,7 @@ def test_each_stage_runs_its_own_lr_schedule():
 def test_only_supervised_positions_reach_the_lm_head(arch, tmp_path):
     import torch.nn.functional as F
 
-    from curriculum.model.module import supervised_token_losses
+    from curriculum.model.loss import supervised_token_losses
 
     module, collate = module_for(arch)
     batch = collate([record("i", "<image>\nQ?", "Red and some more words.", [png(tmp_path / "a.png")]), record("t", "Q?", "Four sides.")])
@@ -184,7 +186,7 @@ SHARDABLE = [name for name in MATRIX if name != "tiny-mllama"]
 def test_the_sharded_dummy_runs_the_vision_path_where_a_real_image_batch_does(arch, tmp_path):
     """Under FSDP every rank gathers units in call order: a text-only forward must reach the text embeddings and
     the vision tower in the order an image forward does (the probe finds it, without running the model)."""
-    from curriculum.model.module import images_before_embeddings, one_image_sample
+    from curriculum.model.vision_dummy import images_before_embeddings, one_image_sample
 
     module, collate = module_for(arch, TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full))
     model = module.model

@@ -130,7 +130,7 @@ def test_a_cross_attention_family_is_refused_with_fsdp_in_one_sentence(cache_dir
 
     from curriculum.config import ConfigError, RunConfig, TrainerConfig
     from curriculum.model.load import load_processor
-    from curriculum.run.recipe import build_vision_dummy
+    from curriculum.model.vision_dummy import build_vision_dummy
 
     path = ensure_family("tiny-mllama", cache_dir, llava_path)
     cfg = RunConfig(trainer=TrainerConfig(strategy="fsdp", devices=2, accelerator="cpu"))
@@ -144,7 +144,8 @@ def test_a_sharded_rank_whose_samples_were_all_skipped_still_runs_the_whole_forw
     from conftest import compiled
     from curriculum.config import OptimConfig
     from curriculum.model.load import load_processor
-    from curriculum.model.module import VisionDummy, VLMModule, vision_dummy_inputs
+    from curriculum.model.module import VLMModule
+    from curriculum.model.vision_dummy import VisionDummy, vision_dummy_inputs
 
     model = AutoModelForImageTextToText.from_pretrained(llava_path)
     dummy = VisionDummy(vision_dummy_inputs(load_processor(llava_path), model), full_tower=True)

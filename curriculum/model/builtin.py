@@ -90,7 +90,7 @@ def pretrain_language(model, processor, records: list[dict], steps: int, batch: 
     leaves the vision tower and projector exactly as initialised.
     """
     from curriculum.data.collate import Collator
-    from curriculum.model.module import NOT_MODEL_INPUTS
+    from curriculum.model.loss import NOT_MODEL_INPUTS
     from curriculum.progress_lines import CountedLines
 
     collator = Collator(processor, ["text_only"], max_length=256, on_invalid="error")

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from curriculum.atomic import write_json
 from curriculum.data.collate import Collator, adds_special_tokens, padded_copy, render_chat, to_hf_messages
 from curriculum.data.images import ImageError, load_image
-from curriculum.model.module import NOT_MODEL_INPUTS, supervised_token_losses
+from curriculum.model.loss import NOT_MODEL_INPUTS, supervised_token_losses
 from curriculum.progress_lines import CountedLines
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

@@ -66,7 +66,7 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> None:
     the one the run was trained on (the checkpoint's identity of those weights says).
     """
     from curriculum.config import ConfigError
-    from curriculum.model.module import weights_identity
+    from curriculum.model.checkpoint_state import weights_identity
     from curriculum.run.checkpoints import checkpoint_meta, is_sharded_checkpoint
 
     # The LightningModule holds the model as `model`: its checkpoint keys carry that prefix.

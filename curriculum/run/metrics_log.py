@@ -14,6 +14,9 @@ from curriculum.run.metrics_file import FILE, read_rows
 class RunCSVLogger(Logger):
     """CSV logger that appends a flushed line per row and, on resume, keeps only rows before `resume_step`."""
 
+    # The module gives loggers that keep text the stage name too (other loggers take numbers only).
+    keeps_text = True
+
     def __init__(self, run_dir: str, resume_step: int | None = None):
         super().__init__()
         self.run_dir = run_dir

@@ -17,7 +17,7 @@ from curriculum.run import lock as run_lock
 from curriculum.atomic import write_json
 from curriculum.run.callbacks import GenerationEval, StageProgressBar, StepRows
 from curriculum.run.checkpoints import AtomicCheckpointIO, RunCheckpoints, ShardedStrategy
-from curriculum.config import ConfigError, Mode, RunConfig, device_count
+from curriculum.config import ConfigError, RunConfig, device_count
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, changed_files, file_states, load_data, require_valid
 from curriculum.run.datamodule import CurriculumDataModule, data_fingerprint
@@ -25,7 +25,8 @@ from curriculum.run.evaluate import EvalSettings, Evaluator, eval_metrics, eval_
 from curriculum.run.export import export_dir, export_model
 from curriculum.run.metrics_log import RunCSVLogger
 from curriculum.model.load import load_model, load_processor, resolve_model_path
-from curriculum.model.module import VisionDummy, VLMModule, images_before_embeddings, one_image_sample, vision_dummy_inputs
+from curriculum.model.module import VLMModule
+from curriculum.model.vision_dummy import build_vision_dummy
 from curriculum.schedule.plan import build_plan, plot_plan, write_plan
 from curriculum.run.resume import RUN_CONFIG, Resume
 from curriculum.run.resume import prepare as prepare_resume
@@ -35,7 +36,6 @@ from curriculum.schedule.stream import CurriculumStream, build_stream
 
 log = logging.getLogger("curriculum")
 
-SHARDING_STRATEGIES = ("fsdp",)
 SAMPLE_IDS = "sample_ids"
 
 
@@ -48,40 +48,6 @@ class Parts:
     module: VLMModule
     datamodule: CurriculumDataModule
     plan: dict
-
-
-def shards_parameters(cfg: RunConfig) -> bool:
-    """True when the strategy shards parameters, so every rank must run the same modules' forward."""
-    return any(s in cfg.trainer.strategy for s in SHARDING_STRATEGIES)
-
-
-def needs_vision_dummy(cfg: RunConfig) -> bool:
-    """True when a micro-batch without images must still run the vision path (DDP / sharding safety).
-
-    On one process no collective waits for the vision path, so a text-only batch skips it.
-    """
-    if shards_parameters(cfg):
-        return True
-    t = cfg.trained_modes()
-    return cfg.world_size() > 1 and (t.vision is not Mode.frozen or t.projector is not Mode.frozen)
-
-
-def build_vision_dummy(cfg: RunConfig, processor, model) -> VisionDummy | None:
-    """The recipe's vision dummy: none when not needed; the whole tower when parameters are sharded."""
-    if not needs_vision_dummy(cfg):
-        return None
-    if shards_parameters(cfg) and not hasattr(model, "get_image_features"):
-        raise ConfigError(
-            f"trainer.strategy=fsdp does not support {type(model).__name__} yet: its language model reads images through "
-            "cross-attention layers, which a text-only rank cannot run inside the same sharded forward; use trainer.strategy=ddp."
-        )
-    if not shards_parameters(cfg):
-        return VisionDummy(vision_dummy_inputs(processor, model), full_tower=False)
-    try:
-        images_first = images_before_embeddings(model, one_image_sample(processor, model))
-    except Exception:  # noqa: BLE001 - a processor that cannot build a bare one-image sample: the usual order
-        images_first = False
-    return VisionDummy(vision_dummy_inputs(processor, model), full_tower=True, images_first=images_first)
 
 
 def load_checked_data(cfg: RunConfig) -> DataBundle:
@@ -128,9 +94,9 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> 
         skipped_log=os.path.join(run_dir, "skipped.jsonl"),
         sample_id_dir=os.path.join(run_dir, SAMPLE_IDS) if cfg.logger.sample_ids else None,
         start_step=start_step,
-        sharded=shards_parameters(cfg),
+        sharded=cfg.trainer.shards_parameters(),
     )
-    if cfg.world_size() > 1 and not shards_parameters(cfg):
+    if cfg.world_size() > 1 and not cfg.trainer.shards_parameters():
         # DDP's reducer must not wait for a parameter that never gets a gradient; the module finds them on device.
         module.probe_batch = collator(_probe_records(bundle))
     datamodule = CurriculumDataModule(
@@ -173,7 +139,7 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         from pytorch_lightning.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
-    elif shards_parameters(cfg):
+    elif cfg.trainer.shards_parameters():
         strategy = ShardedStrategy(cfg.world_size())
     # A run shorter than the validation interval still validates once, at its end.
     val_every = min(t.val_every_n_steps or parts.run_steps, parts.run_steps)
@@ -349,7 +315,7 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
             f"(see {os.path.join(run_dir, 'skipped.jsonl')}); nothing is exported."
         )
     # Sharded weights are gathered to rank 0 by every rank together.
-    gathered = full_state_dict(module.model) if cfg.export.enabled and shards_parameters(cfg) else None
+    gathered = full_state_dict(module.model) if cfg.export.enabled and cfg.trainer.shards_parameters() else None
     if trainer.is_global_zero:
         if cfg.export.enabled:
             out = export_dir(cfg, run_dir)

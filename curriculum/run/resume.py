@@ -197,7 +197,7 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     old = validate(base_raw, check=False)
     new_raw = apply_overrides(base_raw, overrides)
     new = validate(new_raw)
-    sharded = new.trainer.strategy == "fsdp"
+    sharded = new.trainer.shards_parameters()
     if sharded != is_sharded_checkpoint(ckpt):
         kind = "a folder of per-rank shards (trainer.strategy=fsdp)" if not sharded else "one file (a run without trainer.strategy=fsdp)"
         raise ConfigError(

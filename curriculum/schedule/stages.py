@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curriculum.config import ConfigError, OptimConfig, RunConfig, StageConfig, TrainableConfig, mix_fractions
+from curriculum.config import ConfigError, Mode, OptimConfig, RunConfig, StageConfig, TrainableConfig, mix_fractions
 
 log = logging.getLogger("curriculum")
 
@@ -100,6 +100,13 @@ class Schedule:
         st = self.stage_at(step)
         row = st.weights_at(min(step - st.start_step, st.steps - 1))
         return {g: float(w) / UNITS for g, w in zip(self.groups, row)}
+
+    def lr_at(self, step: int, component: str | None = None) -> float:
+        """Learning rate at optimizer step `step`: its stage's own schedule, 0 where the stage freezes `component`."""
+        stage = self.stage_at(step)
+        if component is not None and getattr(stage.trainable, component) is Mode.frozen:
+            return 0.0
+        return stage.lr.at(step - stage.start_step, stage.steps)
 
     def fingerprint(self) -> str:
         """Hash of everything that decides the sample order (stages, mixes, batching)."""

@@ -103,8 +103,8 @@ def old_loss(model, batch) -> torch.Tensor:
 
 
 def new_loss(model, batch) -> torch.Tensor:
-    """Ours: curriculum.model.module.supervised_token_losses."""
-    from curriculum.model.module import supervised_token_losses
+    """Ours: curriculum.model.loss.supervised_token_losses."""
+    from curriculum.model.loss import supervised_token_losses
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     token_loss, _ = supervised_token_losses(model, inputs, batch["labels"])
@@ -217,13 +217,13 @@ def overhead_table(tmp: str, steps: int, n_rounds: int) -> str:
         start = time.perf_counter()
         for step in range(steps):
             stage = module.schedule.stage_at(step)
-            if stage is not module._stage:
+            if stage is not module.trainability.stage:
                 module.enter_stage(stage)
             batch = next(batches)
             optimizer.zero_grad(set_to_none=True)
             loss, sums = module.group_losses(batch)
             loss.backward()
-            module.finish_gradients(float(sums[:, 1].sum()), float("pixel_values" in batch), 1)
+            module.trainability.finish_gradients(float(sums[:, 1].sum()), float("pixel_values" in batch), 1)
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
             optimizer.step()
             scheduler.step()
@@ -274,7 +274,7 @@ def llava_1b(folder: str) -> float:
 
 def run_startup(model: str, probe: bool) -> dict:
     """build_parts for a 1-process run of `model` (and, with `probe`, the former pre-fit CPU probe): seconds, peak RSS."""
-    from curriculum.model.module import freeze_unused_parameters
+    from curriculum.model.trainability import freeze_unused_parameters
     from curriculum.run.recipe import _probe_records, build_parts
 
     torch.set_num_threads(os.cpu_count() or 1)

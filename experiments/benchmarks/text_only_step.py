@@ -1,7 +1,7 @@
 """Benchmark: one training step (forward + backward + AdamW) on a text-only micro-batch, three ways.
 
 - ours: the Collator's batch has no pixel_values and VLMModule.group_losses handles it, with the
-  vision dummy exactly as the recipe builds it (curriculum.run.recipe.build_vision_dummy: none on one
+  vision dummy exactly as the recipe builds it (curriculum.model.vision_dummy.build_vision_dummy: none on one
   process, one under DDP): module, collator and optimizer come from curriculum.run.recipe.build_parts
   on the project's default config;
 - LLaVA way: the same samples with "<image>\\n" prepended to the first user turn and one black
@@ -134,7 +134,7 @@ def train_step(loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optim
     wall, cpu = time.perf_counter(), time.process_time()
     optimizer.zero_grad(set_to_none=True)
     loss_fn().backward()
-    module.finish_gradients(tokens=float((batch["labels"] != IGNORE_INDEX).sum()), image_batches=float("pixel_values" in batch), splits=1)
+    module.trainability.finish_gradients(tokens=float((batch["labels"] != IGNORE_INDEX).sum()), image_batches=float("pixel_values" in batch), splits=1)
     optimizer.step()
     return time.perf_counter() - wall, time.process_time() - cpu
 
