@@ -8,7 +8,8 @@ from PIL import Image
 
 from conftest import png, record
 from families import generation_suffix, image_token_id, supervised
-from curriculum.data.collate import IGNORE_INDEX, Collator, SampleError, adds_special_tokens, align, assistant_spans, for_template, takes_text_only, to_hf_messages
+from curriculum.data.collate import Collator, SampleError, takes_text_only
+from curriculum.data.template import IGNORE_INDEX, adds_special_tokens, align, assistant_spans, for_template, to_hf_messages
 from curriculum.model.load import load_processor
 
 GROUPS = ["image_text", "text_only"]
@@ -317,7 +318,7 @@ def test_a_sample_the_processor_refuses_with_any_error_follows_the_policy(proces
 def test_a_template_that_writes_assistant_content_as_a_string_is_given_strings(arch):
     """GLM-4.1V's template loops over content parts for user turns only: assistant and system turns are written as
     `{{ content }}`, so parts would be trained as their Python repr. Such roles get strings; the others keep parts."""
-    from curriculum.data.collate import render_chat, string_content_roles
+    from curriculum.data.template import render_chat, string_content_roles
 
     processor = load_processor(arch)
     text = render_chat(processor, to_hf_messages([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "The answer."}]))

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_hf_datasets
 from curriculum.data.files import expand
-from curriculum.data.formats import DataFileError
+from curriculum.data.errors import DataFileError
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ from PIL import Image
 
 from conftest import write_jsonl
 from conftest import HF_COLOURS, png_bytes, write_hf_datasets
-from curriculum.data.formats import DataFileError, InvalidRecordError, detect_format, iter_file, iter_records
+from curriculum.data.errors import DataFileError, InvalidRecordError
+from curriculum.data.formats import detect_format, iter_records
+from curriculum.data.readers import iter_file
 from curriculum.data.images import load_image
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from conftest import HF_COLOURS, write_hf_datasets, write_jsonl
 from curriculum.data import records as records_module
 from curriculum.data.files import expand
-from curriculum.data.formats import DataFileError
+from curriculum.data.errors import DataFileError
 from curriculum.data.images import load_image
 from curriculum.run.datamodule import RecordDataset
 from curriculum.data.records import (

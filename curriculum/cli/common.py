@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from curriculum.conf_path import conf_dir
 from curriculum.config import ConfigError, RunConfig, validate
 from curriculum.data.errors import SampleError
-from curriculum.data.formats import DataFileError
+from curriculum.data.errors import DataFileError
 from curriculum.data.images import ImageError
 from curriculum.data.sources import InvalidDataError
 

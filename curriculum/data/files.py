@@ -15,7 +15,8 @@ import json
 import os
 import re
 
-from curriculum.data.formats import DataFileError, EXTENSIONS
+from curriculum.data.errors import DataFileError
+from curriculum.data.readers import EXTENSIONS
 
 ROLES = ("train", "validation")
 # The Hub's split keywords (datasets.data_files), canonical name first.

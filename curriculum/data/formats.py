@@ -1,29 +1,27 @@
-"""Readers for LLaVA, MiniCPM-V and messages-style data files, normalised into canonical records.
+"""Record schemas: LLaVA, MiniCPM-V and messages-style records, normalised into canonical records.
 
-A file is JSON (one array, or JSON Lines), JSONL (one object per line), Parquet or Arrow (what
-`datasets` save_to_disk writes), the last two read in batches, with `datasets.Image()` columns
-read as embedded images. Its format is detected from its first record that can be detected;
-every record is normalised to::
+The objects come from readers.py (JSON, JSONL, Parquet, Arrow). A file's format is detected from
+its first record that can be detected; every record is normalised to::
 
     {"id", "messages": [{"role", "content"}], "images": [abs paths or embedded refs], "group", "source"}
 
 with image placeholders (and image content parts) rewritten to ``IMAGE_TOKEN``. A record that
 breaks a rule becomes an ``InvalidRecordError`` carrying a one-line reason; it never stops the
 rest of the file. A fault of the whole file raises ``DataFileError`` naming the file and cause.
+
+May import data.readers, data.errors, data.embedded and data.images.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Iterator
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from curriculum.data.embedded import EmbeddedImage, image_values, is_image_column, read_arrow
+from curriculum.data.embedded import EmbeddedImage
+from curriculum.data.errors import DataFileError, InvalidRecordError
 from curriculum.data.images import ImageError, check_image
+from curriculum.data.readers import iter_file, kind_of
 
 IMAGE_TOKEN = "<image>"
 FORMATS = ("llava", "minicpm", "messages")
@@ -36,27 +34,12 @@ _KEYED_PLACEHOLDER = re.compile(r"<image_\d+>")
 # ShareGPT-style variants of LLaVA data use the OpenAI role names in "from".
 _LLAVA_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 _CHAT_ROLES = {role: role for role in ROLES}
-_PARQUET_BATCH_ROWS = 1024
-
-
-class DataFileError(ValueError):
-    """A data file that cannot give records, with a one-line reason naming the file."""
-
-
-class InvalidRecordError(ValueError):
-    """A record that cannot be used, with a one-line reason (and the record's id when known)."""
-
-    def __init__(self, reason: str, record_id: str | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.record_id = record_id
 
 
 class UnknownFormatError(InvalidRecordError):
     """A record that is not an object or has none of the keys of a known format."""
 
 
-EXTENSIONS = (".json", ".jsonl", ".parquet", ".arrow")
 KNOWN_FORMATS = (
     "llava ('conversations' of {from, value} turns, optional 'image')",
     "minicpm ('conversations' of {role, content} turns, optional 'image')",
@@ -66,188 +49,10 @@ KNOWN_FORMATS = (
 _UNDETECTED_LIMIT = 100
 
 
-def iter_file(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
-    """Yield (index, line, raw object or InvalidRecordError) for each record of a data file.
-
-    Faults of the whole file (not UTF-8, not JSON, empty, an object instead of an array) raise
-    DataFileError naming the file; a fault of one record yields an InvalidRecordError.
-    """
-    readers = {".json": _iter_json, ".jsonl": _iter_jsonl, ".parquet": _iter_parquet, ".arrow": _iter_arrow}
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in readers:
-        raise DataFileError(f"{path}: unsupported data file extension {ext!r}; use {', '.join(EXTENSIONS)}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise DataFileError(f"{path}: empty file (0 bytes)")
-    return readers[ext](path)
-
-
-def _decode_utf8(path: str, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise DataFileError(
-            f"{path}: not UTF-8 text: byte 0x{raw[err.start]:02x} at offset {err.start} (line {line}); save the file as UTF-8"
-        ) from None
-
-
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-def _iter_json(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
-    # Decoded element by element, so peak memory is the text plus one batch, not every object.
-    with open(path, "rb") as f:
-        text = _decode_utf8(path, f.read())
-    decoder = json.JSONDecoder()
-    pos = _WHITESPACE.match(text).end()
-    if pos == len(text):
-        raise DataFileError(f"{path}: empty file (only whitespace)")
-    if text[pos] != "[":
-        yield from _json_lines_or_object(path, text, pos, decoder)
-        return
-    pos = _WHITESPACE.match(text, pos + 1).end()
-    if text.startswith("]", pos):
-        raise DataFileError(f"{path}: an empty array: no records")
-    index = 0
-    while True:
-        obj, pos = _decode_at(path, text, pos, decoder)
-        yield index, None, obj
-        index += 1
-        pos = _WHITESPACE.match(text, pos).end()
-        if text.startswith(",", pos):
-            pos = _WHITESPACE.match(text, pos + 1).end()
-        elif text.startswith("]", pos):
-            end = _WHITESPACE.match(text, pos + 1).end()
-            if end != len(text):
-                _json_error(path, text, end, "extra data after the array")
-            return
-        elif pos == len(text):
-            _json_error(path, text, pos, "the file ends inside the array (truncated?)")
-        else:
-            _json_error(path, text, pos, "expected ',' or ']' after a record")
-
-
-def _json_lines_or_object(path: str, text: str, pos: int, decoder: json.JSONDecoder):
-    """A .json file that is not an array: JSON Lines (as the Hub's json loader reads) or one object."""
-    obj, end = _decode_at(path, text, pos, decoder)
-    if _WHITESPACE.match(text, end).end() == len(text):
-        if isinstance(obj, dict):
-            raise DataFileError(
-                f"{path}: holds one JSON object (keys {sorted(obj)[:8]}), not an array of records; "
-                "write an array of records, or one record per line in a .jsonl file"
-            )
-        raise DataFileError(f"{path}: holds a single JSON {_kind(obj)}, not an array of records")
-    yield from _jsonl_lines(path, text.encode("utf-8"))
-
-
-def _decode_at(path: str, text: str, pos: int, decoder: json.JSONDecoder):
-    try:
-        return decoder.raw_decode(text, pos)
-    except json.JSONDecodeError as err:
-        # An unterminated string runs to the end of the file: as much a sign of truncation as an early end.
-        ends_early = err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string")
-        truncated = " (the file ends early: truncated?)" if ends_early else ""
-        raise DataFileError(f"{path}: invalid JSON at line {err.lineno} column {err.colno}: {err.msg}{truncated}") from None
-
-
-def _json_error(path: str, text: str, pos: int, what: str):
-    line = text.count("\n", 0, pos) + 1
-    column = pos - text.rfind("\n", 0, pos)
-    raise DataFileError(f"{path}: invalid JSON at line {line} column {column}: {what}")
-
-
-def _iter_jsonl(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
-    with open(path, "rb") as f:
-        yield from _jsonl_lines(path, f)
-
-
-def _jsonl_lines(path: str, lines) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
-    # Lines as bytes: an encoding fault is reported with its byte offset in the file.
-    if isinstance(lines, bytes):
-        lines = lines.splitlines(keepends=True)
-    index, offset = 0, 0
-    for line, raw in enumerate(lines, start=1):
-        start, offset = offset, offset + len(raw)
-        if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw, start = raw[3:], start + 3
-        if not raw.strip():
-            continue
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DataFileError(
-                f"{path}: not UTF-8 text: byte 0x{raw[err.start]:02x} at offset {start + err.start} (line {line}); save the file as UTF-8"
-            ) from None
-        try:
-            obj = json.loads(raw.rstrip(b"\r\n"))  # so an error at the end reports its column on this line
-        except json.JSONDecodeError as err:
-            obj = InvalidRecordError(f"invalid JSON: {err.msg} (column {err.colno})")
-        if index == 0 and _array_start(raw, obj):
-            raise DataFileError(f"{path}: a JSON array of records, not JSON Lines (one record per line); name the file .json")
-        yield index, line, obj
-        index += 1
-    if index == 0:
-        raise DataFileError(f"{path}: no records (only blank lines)")
-
-
-def _array_start(raw: bytes, obj) -> bool:
-    """Whether a first line opens a pretty-printed JSON array or is a one-line array of records."""
-    if raw.strip() == b"[":
-        return True
-    return isinstance(obj, list) and bool(obj) and all(isinstance(item, dict) for item in obj)
-
-
-def _iter_parquet(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=_PARQUET_BATCH_ROWS)
-    except (pa.ArrowException, OSError) as err:
-        raise DataFileError(f"{path}: not a readable Parquet file: {err}") from None
-    yield from _iter_batches(path, _guarded(path, batches, "Parquet"))
-
-
-def _guarded(path: str, batches, kind: str):
-    """Batches of a file; a fault met while reading one (a corrupt page) names the file."""
-    batches = iter(batches)
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            return
-        except (pa.ArrowException, OSError) as err:
-            raise DataFileError(f"{path}: unreadable {kind} data: {err}") from None
-        yield batch
-
-
-def _iter_arrow(path: str) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
-    try:
-        table = read_arrow(path)
-    except (pa.ArrowException, OSError) as err:
-        raise DataFileError(f"{path}: not a readable Arrow file (as `datasets` save_to_disk writes): {err}") from None
-    yield from _iter_batches(path, table.to_batches(max_chunksize=_PARQUET_BATCH_ROWS))
-
-
-def _iter_batches(path: str, batches) -> Iterator[tuple[int, int | None, dict | InvalidRecordError]]:
-    """Rows of Arrow record batches as dicts; `datasets.Image()` columns become paths or EmbeddedImage."""
-    index = 0
-    for batch in batches:
-        images = [name for name, type_ in zip(batch.schema.names, batch.schema.types) if is_image_column(type_)]
-        rows = batch.drop_columns(images).to_pylist() if images else batch.to_pylist()
-        for name in images:
-            for row, value in zip(rows, image_values(batch.column(name), path, name, index)):
-                row[name] = value
-        for obj in rows:
-            yield index, None, obj
-            index += 1
-    if index == 0:
-        raise DataFileError(f"{path}: no rows")
-
-
 def detect_format(obj: dict) -> str:
     """Return "llava", "minicpm" or "messages" for one raw record, or raise InvalidRecordError."""
     if not isinstance(obj, dict):
-        raise UnknownFormatError(f"record is not a JSON object (got {_kind(obj)})")
+        raise UnknownFormatError(f"record is not a JSON object (got {kind_of(obj)})")
     if "messages" in obj:
         return "messages"
     if "conversations" not in obj:
@@ -350,7 +155,7 @@ def _llava(obj: dict) -> tuple[list[dict], list]:
     image = obj.get("image")
     images = [image] if isinstance(image, (str, EmbeddedImage)) and image else image or []
     if not isinstance(images, list):
-        raise InvalidRecordError(f"'image' must be a path, an image or a list of them, got {_kind(image)}")
+        raise InvalidRecordError(f"'image' must be a path, an image or a list of them, got {kind_of(image)}")
     if len(images) == 1:
         _ensure_placeholder(messages)
     return messages, images
@@ -365,7 +170,7 @@ def _minicpm(obj: dict) -> tuple[list[dict], list]:
         _ensure_placeholder(messages)
         return messages, [image]
     if not isinstance(image, dict):
-        raise InvalidRecordError(f"'image' must be a path or a {{placeholder: path}} object, got {_kind(image)}")
+        raise InvalidRecordError(f"'image' must be a path or a {{placeholder: path}} object, got {kind_of(image)}")
     # Parquet structs carry every key of the column, with None where a row has no such image.
     keyed = {key: path for key, path in image.items() if path is not None}
     if not keyed:
@@ -377,7 +182,7 @@ def _messages(obj: dict) -> tuple[list[dict], list]:
     # Some Hub datasets hold one image per row in an `image` column beside `messages`.
     images = obj.get("images") or ([obj["image"]] if obj.get("image") is not None else [])
     if not isinstance(images, list):
-        raise InvalidRecordError(f"'images' must be a list of paths or images, got {_kind(images)}")
+        raise InvalidRecordError(f"'images' must be a list of paths or images, got {kind_of(images)}")
     inline: list = []
     messages = _turns(obj.get("messages"), "messages", "role", "content", _CHAT_ROLES, inline)
     if inline:
@@ -408,7 +213,7 @@ def _content_parts(k: int, parts: list, inline: list) -> str:
             if source is not None:
                 inline.append(source)
         else:
-            got = f"type {kind!r}" if isinstance(part, dict) else _kind(part)
+            got = f"type {kind!r}" if isinstance(part, dict) else kind_of(part)
             raise InvalidRecordError(f"turn {k} part {j}: unsupported content part ({got}); text and image parts are supported")
     return "".join(text)
 
@@ -419,14 +224,14 @@ def _turns(turns, key: str, role_key: str, content_key: str, roles: dict[str, st
     messages = []
     for k, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise InvalidRecordError(f"turn {k} is not an object (got {_kind(turn)})")
+            raise InvalidRecordError(f"turn {k} is not an object (got {kind_of(turn)})")
         role, content = turn.get(role_key), turn.get(content_key)
         if role not in roles:
             raise InvalidRecordError(f"turn {k}: unknown role {role!r} (expected one of {sorted(roles)})")
         if inline is not None and isinstance(content, list):
             content = _content_parts(k, content, inline)
         if not isinstance(content, str):
-            raise InvalidRecordError(f"turn {k}: non-string content ({_kind(content)}) in {content_key!r}")
+            raise InvalidRecordError(f"turn {k}: non-string content ({kind_of(content)}) in {content_key!r}")
         messages.append({"role": roles[role], "content": content})
     return messages
 
@@ -475,7 +280,7 @@ def _resolve_image(k: int, image, root: str, check: str, checked: dict[str, str 
             raise InvalidRecordError(str(e)) from None
         return image.ref()
     if not isinstance(image, str) or not image:
-        raise InvalidRecordError(f"image {k} must be a non-empty path string or embedded image, got {_kind(image)}")
+        raise InvalidRecordError(f"image {k} must be a non-empty path string or embedded image, got {kind_of(image)}")
     if _URL.match(image) or image.startswith("data:"):
         raise InvalidRecordError(
             f"image {k} is a URL ({image[:80]}); images are never downloaded at training time: download them and give local paths"
@@ -520,7 +325,3 @@ def _raw_id(obj) -> str | None:
     if isinstance(obj, dict) and obj.get("id") is not None:
         return str(obj["id"])
     return None
-
-
-def _kind(value) -> str:
-    return "null" if value is None else type(value).__name__

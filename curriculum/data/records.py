@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curriculum.atomic import write_json
-from curriculum.data.formats import IMAGE_TOKEN, MISSING_IMAGE, DataFileError, InvalidRecordError, iter_records
+from curriculum.data.errors import DataFileError, InvalidRecordError
+from curriculum.data.formats import IMAGE_TOKEN, MISSING_IMAGE, iter_records
 from curriculum.progress_lines import CountedLines
 
 __all__ = [

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from curriculum.data.collate import IGNORE_INDEX
+from curriculum.data.template import IGNORE_INDEX
 
 # Batch entries the collator adds for bookkeeping; everything else is a model input.
 NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")

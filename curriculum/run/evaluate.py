@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from curriculum.atomic import write_json
-from curriculum.data.collate import Collator, adds_special_tokens, padded_copy, render_chat, to_hf_messages
+from curriculum.data.collate import Collator, padded_copy
+from curriculum.data.template import adds_special_tokens, render_chat, to_hf_messages
 from curriculum.data.images import ImageError, load_image
 from curriculum.model.loss import NOT_MODEL_INPUTS, supervised_token_losses
 from curriculum.progress_lines import CountedLines

@@ -13,6 +13,7 @@ from rich.table import Table
 from curriculum.atomic import write_json, write_text
 from curriculum.config import COMPONENTS
 from curriculum.data.sources import DataBundle
+from curriculum.data.template import IGNORE_INDEX
 from curriculum.schedule.stream import CurriculumStream
 
 
@@ -167,8 +168,6 @@ def inspect_samples(table, collator, per_group: int) -> list[dict]:
     `prompt_text` is the conversation as the chat template renders it (images unexpanded);
     `supervised_text` decodes the tokens whose label is kept, one line per supervised span.
     """
-    from curriculum.data.collate import IGNORE_INDEX  # here: a plan without inspect starts without torch
-
     out = []
     tokenizer = collator.tokenizer
     for group, rows in table.group_indices().items():

@@ -34,7 +34,7 @@ from PIL import Image
 from benchlib import machine_line, markdown_table
 from curriculum.conf_path import conf_dir
 from curriculum.config import RunConfig, validate
-from curriculum.data.collate import IGNORE_INDEX
+from curriculum.data.template import IGNORE_INDEX
 from curriculum.data.records import RecordTable
 from curriculum.model.components import component_of
 from curriculum.model.module import VLMModule
