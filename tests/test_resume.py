@@ -295,6 +295,34 @@ def test_a_run_killed_after_its_last_checkpoint_finishes_its_export_on_resume(fi
     assert projector and all(torch.equal(v, exported[f"multi_modal_projector.{k}"]) for k, v in projector.items())
 
 
+def test_a_resume_checks_and_reads_its_records_once(finished_run, tmp_path, monkeypatch):
+    """The command's pre-flight (before Hydra) and the training it starts share one config check and one data read."""
+    import shutil
+    import sys
+
+    import curriculum.run.resume as resume
+    from curriculum.cli import train as train_cli
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    calls = {"prepare": 0, "data": 0}
+    prepare, load = resume.prepare, resume.load_checked_data
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(resume, "prepare", counted("prepare", prepare))
+    monkeypatch.setattr(resume, "load_checked_data", counted("data", load))
+    monkeypatch.setattr(sys, "argv", ["curriculum-train", f"resume={run}", "trainer.max_steps=4"])
+    train_cli.main()
+    assert calls == {"prepare": 1, "data": 1}
+    assert read_json(run / "status.json")["status"] == "completed" and int(rows(run)[-1]["step"]) == 3
+
+
 def test_changes_to_the_future_are_accepted_and_recorded(finished_run):
     from curriculum.config import validate
     from curriculum.run.resume import apply_overrides, prepare, saved_config

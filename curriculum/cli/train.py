@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from curriculum.cli.common import FAILED_JOBS, SWEEP_DIRS, USER_ERRORS, discard_unstarted, hydra_main, process_rank, run_task, user_message
 from curriculum.config import ConfigError, RunConfig
 from curriculum.run import lock as run_lock
-from curriculum.run.resume import find_run, run_status, prepare
+from curriculum.run.resume import Complete, find_run, preflight
 
 
 def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
@@ -38,10 +38,6 @@ def check_launcher(args: list[str]) -> None:
         raise ConfigError("hydra/launcher=slurm needs Hydra's submitit launcher plugin: pip install hydra-submitit-launcher.")
 
 
-class Complete(Exception):
-    """A resume of a run that has nothing left to train."""
-
-
 def resume_args(args: list[str]) -> list[str]:
     """With resume=..., run Hydra in that run's folder and keep this invocation's config beside the original.
 
@@ -60,21 +56,9 @@ def resume_args(args: list[str]) -> list[str]:
     if spec == "latest":
         print(f"resume=latest: continuing {run}", file=sys.stderr)
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
-    resumed = prepare(RunConfig(resume=spec), run, overrides)
-    total = resumed.cfg.trainer.max_steps or resumed.cfg.schedule_steps()
-    # A run killed after its last checkpoint but before it said "completed" still owes its final
-    # validation, export and report: resuming it does just that (training is skipped).
-    if resumed.step >= total and resumed.checkpoint and run_status(run) == "completed":
-        more = (
-            "raise trainer.max_steps (or set it to null)" if resumed.cfg.trainer.max_steps else
-            "add a stage, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
-        )
-        raise Complete(f"resume: {run} is complete: it trained all {total} steps it is configured for; nothing was changed. To train on, {more}.")
+    resumed = preflight(spec, run, overrides, keep=True)
     if resumed.checkpoint is None:
         print(f"resume: {run} stopped before its first checkpoint: it starts again from step 0 in its folder", file=sys.stderr)
-    from curriculum.run.recipe import load_resumable_data
-
-    load_resumable_data(resumed.cfg, resumed.data_fingerprint, resumed.data_files)
     if process_rank() == 0:  # the process that trains holds the lock from here on (other nodes' processes do not)
         note = run_lock.acquire(run)
         if note:

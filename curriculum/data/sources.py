@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from curriculum.config import RunConfig
 from curriculum.data.files import expand
 from curriculum.data.records import LoadReport, RecordTable, load_or_build
 
+log = logging.getLogger("curriculum")
 PREFERRED_GROUP_ORDER = ("image_text", "text_only")
 
 
@@ -117,3 +119,18 @@ def require_valid(bundle: DataBundle) -> None:
             f"{len(bundle.invalid)} invalid record(s) (data.on_invalid=error; use data.on_invalid=skip to skip and count them):\n"
             + describe_invalid(bundle.invalid)
         )
+
+
+def load_checked_data(cfg: RunConfig) -> DataBundle:
+    """Records of the run; with on_invalid=error any invalid record stops here with names and reasons."""
+    bundle = load_data(cfg)
+    if cfg.data.on_invalid.value == "error":
+        require_valid(bundle)
+    elif bundle.invalid:
+        log.warning("skipped %d invalid record(s) at load time (listed in plan.json)", len(bundle.invalid))
+    return bundle
+
+
+def data_fingerprint(train: RecordTable, val: RecordTable | None) -> str:
+    """What the sample stream and the validation losses depend on; a resume must find it unchanged."""
+    return "/".join(t.content_digest() if t is not None else "-" for t in (train, val))

@@ -83,11 +83,6 @@ class _RankSlices:
         return len(self.batches)
 
 
-def data_fingerprint(train: RecordTable, val: RecordTable | None) -> str:
-    """What the sample stream and the validation losses depend on; a resume must find it unchanged."""
-    return "/".join(t.content_digest() if t is not None else "-" for t in (train, val))
-
-
 class StreamLoader(DataLoader):
     """The training DataLoader; its state is the global stream position, checkpointed by Lightning.
 

@@ -13,25 +13,24 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from curriculum.run import lock as run_lock
 from curriculum.atomic import write_json
+from curriculum.config import RunConfig, device_count
+from curriculum.data.collate import Collator, SampleError
+from curriculum.data.sources import DataBundle, cache_dir, file_states
+from curriculum.model.load import load_model, load_processor, resolve_model_path
+from curriculum.model.module import VLMModule
+from curriculum.model.sharding import full_state_dict
+from curriculum.model.vision_dummy import build_vision_dummy
+from curriculum.run import lock as run_lock
 from curriculum.run.callbacks import GenerationEval, StageProgressBar, StepRows
 from curriculum.run.checkpoints import AtomicCheckpointIO, RunCheckpoints, ShardedStrategy
-from curriculum.config import ConfigError, RunConfig, device_count
-from curriculum.data.collate import Collator, SampleError
-from curriculum.data.sources import DataBundle, cache_dir, changed_files, file_states, load_data, require_valid
-from curriculum.run.datamodule import CurriculumDataModule, data_fingerprint
+from curriculum.run.datamodule import CurriculumDataModule
 from curriculum.run.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, write_eval
 from curriculum.run.export import export_dir, export_model
 from curriculum.run.metrics_log import RunCSVLogger
-from curriculum.model.load import load_model, load_processor, resolve_model_path
-from curriculum.model.module import VLMModule
-from curriculum.model.vision_dummy import build_vision_dummy
-from curriculum.schedule.plan import build_plan, plot_plan, write_plan
-from curriculum.run.resume import RUN_CONFIG, Resume
-from curriculum.run.resume import prepare as prepare_resume
+from curriculum.run.resume import RUN_CONFIG, Resume, checked_data, preflight
 from curriculum.run.resume import record as record_resume
-from curriculum.model.sharding import full_state_dict
+from curriculum.schedule.plan import build_plan, plot_plan, write_plan
 from curriculum.schedule.stream import CurriculumStream, build_stream
 
 log = logging.getLogger("curriculum")
@@ -50,36 +49,12 @@ class Parts:
     plan: dict
 
 
-def load_checked_data(cfg: RunConfig) -> DataBundle:
-    """Records of the run; with on_invalid=error any invalid record stops here with names and reasons."""
-    bundle = load_data(cfg)
-    if cfg.data.on_invalid.value == "error":
-        require_valid(bundle)
-    elif bundle.invalid:
-        log.warning("skipped %d invalid record(s) at load time (listed in plan.json)", len(bundle.invalid))
-    return bundle
-
-
-def load_resumable_data(cfg: RunConfig, resumed_data: str | None = None, resumed_files: dict | None = None) -> tuple[DataBundle, str]:
-    """The run's records and their fingerprint; refused, naming the files that changed, when a resumed run's records changed since its checkpoint."""
-    bundle = load_checked_data(cfg)
-    fingerprint = data_fingerprint(bundle.train, bundle.val)
-    if resumed_data not in (None, fingerprint):
-        changed = changed_files(resumed_files, file_states(bundle)) if resumed_files else []
-        which = f"changed since: {', '.join(changed)}" if changed else f"train/val records {resumed_data} -> {fingerprint}"
-        raise ConfigError(
-            f"resume: the data's records changed since the checkpoint ({which}), so the sample stream would differ; restore the "
-            "files or start a new run."
-        )
-    return bundle, fingerprint
-
-
 def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> Parts:
     """Data, schedule stream, processor, model and datamodule for a run folder.
 
-    A resume's data fingerprint is checked before the model loads, and training starts at its step.
+    A resume's records come checked by its pre-flight, and training starts at its step.
     """
-    bundle, fingerprint = load_resumable_data(cfg, resumed.data_fingerprint, resumed.data_files) if resumed else load_resumable_data(cfg)
+    bundle, fingerprint = resumed.data if resumed and resumed.data else checked_data(cfg)
     start_step = resumed.step if resumed else 0
     stream, run_steps = build_stream(cfg, bundle)
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
@@ -268,7 +243,8 @@ def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> s
 
 
 def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
-    resumed = prepare_resume(cfg, run_dir, overrides or []) if cfg.resume else None
+    # The command's pre-flight when it ran one in this process (rank 0); DDP's other processes check here.
+    resumed = preflight(cfg.resume, run_dir, overrides or []) if cfg.resume else None
     if resumed and resumed.checkpoint is None:
         cfg = resumed.cfg
         log.info("starting %s again from step 0: it stopped before its first checkpoint", run_dir)

@@ -1,4 +1,9 @@
-"""Resuming a run in its own folder: find it, rebuild its config, refuse changes to its past."""
+"""Resuming a run in its own folder: find it, rebuild its config, refuse changes to its past.
+
+`preflight` is the one place every resume check runs (config changes, checkpoint kind, nothing
+left to train, changed records), once per process: the command runs it before Hydra writes
+anything, and the training it starts takes the result, records included, without checking again.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from enum import Enum
 from omegaconf import OmegaConf
 
 from curriculum.config import ConfigError, RampConfig, RunConfig, validate
+from curriculum.data.sources import DataBundle, changed_files, data_fingerprint, file_states, load_checked_data
 from curriculum.run.checkpoints import checkpoint_position, is_sharded_checkpoint, last_checkpoint
 from curriculum.schedule.stages import ramp_steps, warmup_steps
 
@@ -38,6 +44,16 @@ class Resume:
     # The data fingerprint saved with the checkpoint (None for checkpoints that predate it), and its data files' states.
     data_fingerprint: str | None = None
     data_files: dict | None = None
+    # The run's records and their fingerprint, checked against the checkpoint's (set by preflight).
+    data: tuple[DataBundle, str] | None = None
+
+
+class Complete(Exception):
+    """A resume of a run that has nothing left to train."""
+
+
+# Pre-flights the command ran before Hydra started, by run folder: the training it starts takes them.
+_CHECKED: dict[str, Resume] = {}
 
 
 def is_training_run(path: str) -> bool:
@@ -204,7 +220,7 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
             f"resume={cfg.resume}: trainer.strategy={new.trainer.strategy} cannot continue from {ckpt}, which is {kind}; "
             f"resume with the run's own trainer.strategy={old.trainer.strategy}."
         )
-    done, data_fingerprint, data_files = checkpoint_position(ckpt)
+    done, saved_data, saved_files = checkpoint_position(ckpt)
     pin_started_ramps(old, new, done)
     a, b = flatten(OmegaConf.to_container(OmegaConf.structured(old))), flatten(OmegaConf.to_container(OmegaConf.structured(new)))
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -231,8 +247,8 @@ def prepare(cfg: RunConfig, run_dir: str, overrides: list[str]) -> Resume:
     if total < done:
         raise ConfigError(f"resume: the run already trained {done} steps; the new config stops at step {total}, before that.")
     new.resume = None
-    return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"], data_fingerprint,
-                  data_files)
+    return Resume(run_dir, new, done, ckpt, [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed if k != "resume"], saved_data,
+                  saved_files)
 
 
 def record(resume: Resume) -> None:
@@ -240,3 +256,43 @@ def record(resume: Resume) -> None:
     OmegaConf.save(OmegaConf.structured(resume.cfg), os.path.join(resume.run_dir, RUN_CONFIG))
     with open(os.path.join(resume.run_dir, "resumes.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "step": resume.step, "changes": resume.changes}) + "\n")
+
+
+def preflight(spec: str, run_dir: str, overrides: list[str], keep: bool = False) -> Resume:
+    """Every check a resume must pass, with the run's checked records; a result kept by an earlier call is taken instead.
+
+    Raises ConfigError for a change the run's past forbids and Complete for a run that has trained
+    all it is configured for. With `keep`, the result waits for this process's next call (the
+    training the command starts).
+    """
+    key = os.path.abspath(run_dir)
+    if key in _CHECKED:
+        return _CHECKED.pop(key)
+    resumed = prepare(RunConfig(resume=spec), run_dir, overrides)
+    total = resumed.cfg.trainer.max_steps or resumed.cfg.schedule_steps()
+    # A run killed after its last checkpoint but before it said "completed" still owes its final
+    # validation, export and report: resuming it does just that (training is skipped).
+    if resumed.step >= total and resumed.checkpoint and run_status(run_dir) == "completed":
+        more = (
+            "raise trainer.max_steps (or set it to null)" if resumed.cfg.trainer.max_steps else
+            "add a stage, e.g. +schedule.stages.extra.steps=50 +schedule.stages.extra.mix={text_only: 1.0}"
+        )
+        raise Complete(f"resume: {run_dir} is complete: it trained all {total} steps it is configured for; nothing was changed. To train on, {more}.")
+    resumed.data = checked_data(resumed.cfg, resumed.data_fingerprint, resumed.data_files)
+    if keep:
+        _CHECKED[key] = resumed
+    return resumed
+
+
+def checked_data(cfg: RunConfig, saved: str | None = None, saved_files: dict | None = None) -> tuple[DataBundle, str]:
+    """The run's records and their fingerprint; refused, naming the files that changed, when they differ from `saved` (a checkpoint's)."""
+    bundle = load_checked_data(cfg)
+    fingerprint = data_fingerprint(bundle.train, bundle.val)
+    if saved not in (None, fingerprint):
+        changed = changed_files(saved_files, file_states(bundle)) if saved_files else []
+        which = f"changed since: {', '.join(changed)}" if changed else f"train/val records {saved} -> {fingerprint}"
+        raise ConfigError(
+            f"resume: the data's records changed since the checkpoint ({which}), so the sample stream would differ; restore the "
+            "files or start a new run."
+        )
+    return bundle, fingerprint
