@@ -1,33 +1,18 @@
-"""Typed run configuration: the schema every composed Hydra config is validated against."""
+"""The run's config: data, model, optimizer, trainer, logging, export, evaluation, checkpoints and
+paths around the schedule, and `validate`, which turns a composed Hydra config into a checked RunConfig."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A configuration value is not allowed; the message is one sentence naming key and value."""
-
-
-class OnInvalid(str, Enum):
-    error = "error"
-    skip = "skip"
-
-
-class Mode(str, Enum):
-    frozen = "frozen"
-    lora = "lora"
-    full = "full"
-
-
-COMPONENTS = ("vision", "projector", "language")
+from curriculum.config.common import COMPONENTS, ConfigError, Mode, OnInvalid, positive
+from curriculum.config.schedule import ScheduleConfig, StageConfig, check_scheduler
 
 
 @dataclass
@@ -60,9 +45,9 @@ class DataConfig:
     shapes: ShapesConfig = field(default_factory=ShapesConfig)
 
     def check(self) -> None:
-        _positive("data.max_length", self.max_length)
-        _positive("data.micro_batch_size", self.micro_batch_size)
-        _positive("data.val_micro_batch_size", self.val_micro_batch_size)
+        positive("data.max_length", self.max_length)
+        positive("data.micro_batch_size", self.micro_batch_size)
+        positive("data.val_micro_batch_size", self.val_micro_batch_size)
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers={self.num_workers} is not allowed: use 0 or more.")
         if self.check_images not in ("exists", "header", "full"):
@@ -129,7 +114,7 @@ class ModelConfig:
             except re.error as e:
                 raise ConfigError(f"model.components.{comp}={pattern!r} is not a valid regex: {e}.") from None
         if self.peft is not None:
-            _positive("model.peft.r", self.peft.r)
+            positive("model.peft.r", self.peft.r)
             if not 0.0 <= self.peft.dropout < 1.0:
                 raise ConfigError(f"model.peft.dropout={self.peft.dropout} is not allowed: use a value in [0, 1).")
             if self.peft.target_modules is not None:
@@ -151,8 +136,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.1
 
     def check(self) -> None:
-        _positive("optim.lr", self.lr)
-        _check_scheduler("optim.scheduler", self.scheduler)
+        positive("optim.lr", self.lr)
+        check_scheduler("optim.scheduler", self.scheduler)
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps} is not allowed: use 0 or more.")
         if self.weight_decay < 0:
@@ -161,137 +146,6 @@ class OptimConfig:
             raise ConfigError(f"optim.betas={list(self.betas)} is not allowed: use two values in [0, 1), e.g. [0.9, 0.999].")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"optim.min_lr_ratio={self.min_lr_ratio} is not allowed: use a value in [0, 1].")
-
-
-SCHEDULERS = ("cosine", "linear", "constant")
-
-
-def _check_scheduler(key: str, value: str) -> None:
-    if value not in SCHEDULERS:
-        raise ConfigError(f"{key}={value} is not allowed: use one of {', '.join(SCHEDULERS)}.")
-
-
-@dataclass
-class RampConfig:
-    # Ramp length: `steps` (clipped to the stage) or `fraction` of the stage's steps (scales with it).
-    steps: Optional[int] = None
-    fraction: Optional[float] = None
-    shape: str = "linear"
-
-
-@dataclass
-class StageTrainable:
-    # null = the component keeps model.trainable's mode in this stage.
-    vision: Optional[Mode] = None
-    projector: Optional[Mode] = None
-    language: Optional[Mode] = None
-
-
-@dataclass
-class StageConfig:
-    steps: int = 100
-    # Fraction of the stage's samples per group; one group may be `rest` (1 minus the others).
-    mix: dict[str, Any] = field(default_factory=dict)
-    ramp: Optional[RampConfig] = None
-    trainable: StageTrainable = field(default_factory=StageTrainable)
-    lr_scale: float = 1.0
-    # The stage's own LR schedule over its steps; null keeps optim's value. Peak = lr x lr_scale.
-    lr: Optional[float] = None
-    # Warmup in steps or as a fraction of the stage's steps (at most half the stage); give at most one.
-    warmup_steps: Optional[int] = None
-    warmup_fraction: Optional[float] = None
-    scheduler: Optional[str] = None
-    min_lr_ratio: Optional[float] = None
-
-
-@dataclass
-class ScheduleConfig:
-    # mixed: groups interleave inside batches; grouped: every optimizer step is a single group.
-    batching: str = "mixed"
-    # Sort samples by length inside each group within a megabatch (samples: a divisor or a multiple
-    # of the global batch; null = the global batch). Multiples spread sorted rows over several steps.
-    length_grouping: bool = False
-    megabatch: Optional[int] = None
-    # A stage's mix naming a group the data lacks: renormalise over the groups present (said once), or error.
-    missing_groups: str = "renormalise"
-    # Empty here so a config file's stages replace, not extend, the defaults (see conf/schedule/).
-    stages: dict[str, StageConfig] = field(default_factory=dict)
-
-    def check(self) -> None:
-        if self.batching not in ("mixed", "grouped"):
-            raise ConfigError(f"schedule.batching={self.batching} is not allowed: use mixed or grouped.")
-        if self.missing_groups not in ("renormalise", "error"):
-            raise ConfigError(f"schedule.missing_groups={self.missing_groups} is not allowed: use renormalise or error.")
-        if not self.stages:
-            raise ConfigError("schedule.stages is empty: give at least one stage.")
-        if self.megabatch is not None:
-            _positive("schedule.megabatch", self.megabatch)
-        for i, (name, st) in enumerate(self.stages.items()):
-            key = f"schedule.stages.{name}"
-            _positive(f"{key}.steps", st.steps)
-            _positive(f"{key}.lr_scale", st.lr_scale)
-            if st.lr is not None:
-                _positive(f"{key}.lr", st.lr)
-            if st.scheduler is not None:
-                _check_scheduler(f"{key}.scheduler", st.scheduler)
-            if st.min_lr_ratio is not None and not 0 <= st.min_lr_ratio <= 1:
-                raise ConfigError(f"{key}.min_lr_ratio={st.min_lr_ratio} is not allowed: use a value in [0, 1].")
-            if st.warmup_steps is not None and st.warmup_steps < 0:
-                raise ConfigError(f"{key}.warmup_steps={st.warmup_steps} is not allowed: use 0 or more.")
-            if st.warmup_fraction is not None and not 0 <= st.warmup_fraction <= 1:
-                raise ConfigError(f"{key}.warmup_fraction={st.warmup_fraction} is not allowed: use a value in [0, 1].")
-            if st.warmup_steps is not None and st.warmup_fraction is not None:
-                raise ConfigError(
-                    f"{key} has both warmup_steps={st.warmup_steps} and warmup_fraction={st.warmup_fraction}: give at most one, "
-                    f"e.g. add {key}.warmup_steps=null to use the fraction."
-                )
-            if not st.mix:
-                raise ConfigError(f"{key}.mix is empty: give the fraction of each group, e.g. {{image_text: 1.0}}.")
-            mix_fractions(key, dict(st.mix))
-            if st.ramp is not None:
-                r = st.ramp
-                if i == 0:
-                    raise ConfigError(f"{key}.ramp is not allowed: the first stage has no previous mix to ramp from.")
-                if r.steps is None and r.fraction is None:
-                    raise ConfigError(f"{key}.ramp needs one of steps or fraction, e.g. {key}.ramp.steps=10.")
-                if r.steps is not None and r.fraction is not None:
-                    raise ConfigError(
-                        f"{key}.ramp has both steps={r.steps} and fraction={r.fraction}: give exactly one, "
-                        f"e.g. add {key}.ramp.fraction=null to use steps."
-                    )
-                if r.steps is not None:
-                    _positive(f"{key}.ramp.steps", r.steps)
-                if r.fraction is not None and not 0 < r.fraction <= 1:
-                    raise ConfigError(f"{key}.ramp.fraction={r.fraction} is not allowed: use a value in (0, 1].")
-                if r.shape not in ("linear", "cosine"):
-                    raise ConfigError(f"{key}.ramp.shape={r.shape} is not allowed: use linear or cosine.")
-
-
-REST = "rest"
-
-
-def mix_fractions(key: str, mix: dict) -> dict[str, float]:
-    """A stage's mix as fractions per group, at most one `rest` group taking 1 minus the others (checked without the data)."""
-    import math
-
-    rest = [g for g, v in mix.items() if v == REST]
-    if len(rest) > 1:
-        raise ConfigError(f"{key}.mix has several `rest` groups ({', '.join(rest)}): at most one may take the remainder.")
-    fixed = {}
-    for g, v in mix.items():
-        if g in rest:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{key}.mix.{g}={v} is not allowed: use a fraction between 0 and 1, or `rest`.")
-        fixed[g] = float(v)
-    total = sum(fixed.values())
-    if rest:
-        if total > 1 + 1e-9:
-            raise ConfigError(f"{key}.mix fractions other than `rest` sum to {total:g}: they must sum to at most 1.")
-        fixed[rest[0]] = max(0.0, 1.0 - total)
-    elif abs(total - 1) > 1e-6:
-        raise ConfigError(f"{key}.mix fractions sum to {total:g}: they must sum to 1 (or mark one group `rest`).")
-    return fixed
 
 
 # Lightning's precision settings, with the short aliases Lightning also accepts (fp16 ones are refused in check).
@@ -348,9 +202,9 @@ class TrainerConfig:
 
     def check(self) -> None:
         if self.max_steps is not None:
-            _positive("trainer.max_steps", self.max_steps)
-        _positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches)
-        _positive("trainer.num_nodes", self.num_nodes)
+            positive("trainer.max_steps", self.max_steps)
+        positive("trainer.accumulate_grad_batches", self.accumulate_grad_batches)
+        positive("trainer.num_nodes", self.num_nodes)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"trainer.precision={self.precision} is not allowed: use one of {', '.join(PRECISIONS)}.")
         if self.precision in FP16:
@@ -362,7 +216,7 @@ class TrainerConfig:
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
             raise ConfigError(f"trainer.gradient_clip_val={self.gradient_clip_val} is not allowed: use 0 or more (or null for none).")
         if self.limit_val_batches is not None:
-            _positive("trainer.limit_val_batches", self.limit_val_batches)
+            positive("trainer.limit_val_batches", self.limit_val_batches)
         if "deepspeed" in self.strategy:
             raise ConfigError(
                 f"trainer.strategy={self.strategy} is not supported: DeepSpeed keeps gradients outside the parameters, where the "
@@ -376,7 +230,7 @@ class TrainerConfig:
                 "device indices (e.g. [0,1]), since the global batch and the plan depend on it."
             )
         if self.threads is not None:
-            _positive("trainer.threads", self.threads)
+            positive("trainer.threads", self.threads)
         if self.val_every_n_steps < 0:
             raise ConfigError(f"trainer.val_every_n_steps={self.val_every_n_steps} is not allowed: use 0 or more.")
 
@@ -421,12 +275,12 @@ class EvalConfig:
     output_dir: Optional[str] = None
 
     def check(self) -> None:
-        _positive("eval.max_new_tokens", self.max_new_tokens)
-        _positive("eval.batch_size", self.batch_size)
+        positive("eval.max_new_tokens", self.max_new_tokens)
+        positive("eval.batch_size", self.batch_size)
         if self.every_n_validations is not None:
-            _positive("eval.every_n_validations", self.every_n_validations)
+            positive("eval.every_n_validations", self.every_n_validations)
         if self.max_samples_per_group is not None:
-            _positive("eval.max_samples_per_group", self.max_samples_per_group)
+            positive("eval.max_samples_per_group", self.max_samples_per_group)
 
 
 @dataclass
@@ -525,12 +379,6 @@ class RunConfig:
         if all(m is Mode.frozen for m in modes.values()):
             raise ConfigError("model.trainable and schedule.stages freeze vision, projector and language in every stage: at least one must train.")
         return TrainableConfig(**modes)
-
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}={value} is not allowed: use a positive value.")
 
 
 def validate(cfg: DictConfig | dict, check: bool = True) -> RunConfig:
