@@ -12,7 +12,8 @@ import sys
 import pytest
 from PIL import Image
 
-from curriculum.report.runs import aggregate, few_seeds, read_metrics, read_overrides, read_status, stage_starts, summarize, write_run_report, write_summary
+from curriculum.report.runs import read_metrics, read_overrides, read_status, stage_starts, write_run_report
+from curriculum.report.sweeps import aggregate, few_seeds, summarize, write_summary
 
 GROUPS = ("image_text", "text_only")
 ALIGN, BLEND = 15, 25  # steps per stage

@@ -12,18 +12,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from curriculum.report.runs import (
-    MIN_SEEDS,
-    aggregate,
-    differing_overrides,
-    few_seeds,
-    format_cell,
-    job_dirs,
-    read_overrides,
-    summarize,
-    write_run_report,
-    write_summary,
-)
+from curriculum.report.runs import read_overrides, write_run_report
+from curriculum.report.sweeps import MIN_SEEDS, aggregate, differing_overrides, few_seeds, format_cell, job_dirs, summarize, write_summary
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
 
