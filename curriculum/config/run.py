@@ -39,6 +39,8 @@ class DataConfig:
     max_length: int = 2048
     # false: a longer sample is invalid (data.on_invalid); true: its text is cut at max_length (never image tokens).
     truncate: bool = False
+    # true: each micro-batch's samples are laid end to end in rows of at most max_length tokens (no padding computed).
+    packing: bool = False
     micro_batch_size: int = 8
     val_micro_batch_size: int = 16
     num_workers: int = 2

@@ -24,6 +24,7 @@ from jinja2 import TemplateError
 
 from curriculum.data.errors import SampleError
 from curriculum.data.images import ImageError, load_image
+from curriculum.data.packing import pack
 from curriculum.data.records import IMAGE_TOKEN
 from curriculum.data.template import IGNORE_INDEX, adds_special_tokens, align, assistant_spans, common_prefix, to_hf_messages
 
@@ -109,6 +110,7 @@ class Collator:
         on_invalid: str,
         replacements: Replacements | None = None,
         truncate: bool = False,
+        packing: bool = False,
     ):
         # A private copy: padding settings made for training must not reach the exported processor.
         self.processor = padded_copy(processor, "right")
@@ -118,6 +120,8 @@ class Collator:
         self.max_length = max_length
         # Without truncation a sample longer than max_length is invalid; with it, the text is cut (never image tokens).
         self.truncate = truncate
+        # Padding-free rows (packing.py): the samples end to end, positions restarting per sample.
+        self.packing = packing
         self.on_invalid = on_invalid
         self.image_token_ids = {
             i for i in (getattr(processor, "image_token_id", None), self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", IMAGE_TOKEN))) if isinstance(i, int)
@@ -249,7 +253,7 @@ class Collator:
                 batch[k] = batch[k][:, :width]
         batch["group_ids"] = torch.tensor([self.group_index[p.record["group"]] for p in prepared], dtype=torch.long)
         batch["sample_ids"] = [p.record["id"] for p in prepared]
-        return batch
+        return pack(batch, self.max_length, self.tokenizer.pad_token_id) if self.packing else batch
 
     def _process(self, prepared: list[_Prepared]):
         """The processor's batch for `prepared` in order (with text_rows_by_tokenizer, rows with images come first)."""

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from curriculum.data.template import IGNORE_INDEX
 
 # Batch entries the collator adds for bookkeeping; everything else is a model input.
-NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids")
+NOT_MODEL_INPUTS = ("labels", "group_ids", "sample_ids", "skipped", "drawn_group_ids", "sample_index")
 
 
 def supervised_token_losses(model: torch.nn.Module, inputs: dict, labels: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

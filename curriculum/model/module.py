@@ -20,6 +20,7 @@ import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
 
 from curriculum.config import COMPONENTS, OptimConfig
+from curriculum.data.packing import token_owners
 from curriculum.model.checkpoint_state import drop_untrained, realign_batch_progress, require_same_base, restore_rng, rng_state, weights_identity
 from curriculum.model.loss import NOT_MODEL_INPUTS, group_sums, supervised_token_losses, unsupervised_batch
 from curriculum.model.step_metrics import SkipLog, StepMetrics
@@ -179,7 +180,9 @@ class VLMModule(pl.LightningModule):
         else:
             token_loss, rows = supervised_token_losses(self.model, inputs, batch["labels"])
             extra = self._dummy_vision_term() if "pixel_values" not in batch else 0.0
-        loss, sums = group_sums(token_loss, rows, batch["group_ids"], batch["labels"].shape[0], len(self.group_names))
+        # Packed rows hold several samples: each supervised token belongs to its sample, not its row.
+        owners = token_owners(batch).to(rows.device) if "sample_index" in batch else rows
+        loss, sums = group_sums(token_loss, owners, batch["group_ids"], len(batch["group_ids"]), len(self.group_names))
         return loss + extra, sums.to(self.device)
 
     def _dummy_vision_term(self) -> torch.Tensor:

@@ -31,8 +31,8 @@ class StepMetrics:
         n = len(self.group_names)
         # Per group (loss sum, supervised tokens, drawn samples, trained samples) of the current optimizer step.
         self._sums = torch.zeros(n, 4, dtype=torch.float64)
-        # Skipped samples, micro-batches with images and real (unpadded) tokens of the current optimizer step.
-        self._extra = torch.zeros(3, dtype=torch.float64)
+        # Skipped samples, micro-batches with images, real (unpadded) and computed tokens of the current optimizer step.
+        self._extra = torch.zeros(4, dtype=torch.float64)
         # When the current optimizer step's first micro-batch started, and its row until the step is done.
         self._clock = 0.0
         self._pending: tuple[dict, int] | None = None
@@ -57,20 +57,21 @@ class StepMetrics:
         step[:, 2] = torch.bincount(batch["drawn_group_ids"], minlength=n).double()
         step[:, 3] = torch.bincount(batch["group_ids"], minlength=n).double()
         self._sums = self._sums.to(sums.device) + step
-        real_tokens = float(batch["attention_mask"].sum()) if "attention_mask" in batch else 0.0
-        extra = torch.tensor([skipped, float("pixel_values" in batch), real_tokens], dtype=torch.float64, device=sums.device)
+        extra = [skipped, float("pixel_values" in batch), real_tokens(batch), float(batch["input_ids"].numel())]
+        extra = torch.tensor(extra, dtype=torch.float64, device=sums.device)
         self._extra = self._extra.to(sums.device) + extra
 
     def close_step(self, step: int, reduce: Reduce, lrs: dict[str, float]) -> tuple[dict, float, float]:
         """Sum the step over all ranks (one collective) and build its row; returns it, the supervised tokens and the micro-batches with images.
 
-        The row keeps its raw token and sample counts until `finish_row` turns them into rates.
+        The row keeps its raw token and sample counts until `finish_row` turns them into rates;
+        perf/padding_fraction is padded tokens / computed tokens (input ids) of the global batch.
         """
         n = len(self.group_names)
         total = reduce(torch.cat([self._sums.flatten(), self._extra.to(self._sums.device)]))
         self._sums = torch.zeros_like(self._sums)
         self._extra = torch.zeros_like(self._extra)
-        sums, (skipped, image_batches, real_tokens) = total[: 4 * n].view(n, 4), total[4 * n:].tolist()
+        sums, (skipped, image_batches, real, computed) = total[: 4 * n].view(n, 4), total[4 * n:].tolist()
         self.drawn_total = self.drawn_total.to(sums.device) + sums[:, 2]
         self.trained_total = self.trained_total.to(sums.device) + sums[:, 3]
         self.skipped_total += skipped
@@ -87,7 +88,8 @@ class StepMetrics:
         metrics["train/skipped"] = self.skipped_total
         for comp, lr in lrs.items():
             metrics[f"lr/{comp}"] = lr
-        metrics["perf/tokens"], metrics["perf/samples"] = real_tokens, float(sums[:, 3].sum())
+        metrics["perf/tokens"], metrics["perf/samples"] = real, float(sums[:, 3].sum())
+        metrics["perf/padding_fraction"] = 1.0 - real / computed if computed else 0.0
         self._pending = (metrics, step)
         return metrics, float(sums[:, 1].sum()), image_batches
 
@@ -176,6 +178,13 @@ class SkipLog:
                 for s in skipped:
                     f.write(json.dumps({"step": step, "rank": rank, "split": split, **s}) + "\n")
         return len(skipped)
+
+
+def real_tokens(batch: dict) -> float:
+    """Tokens of samples in a batch, padding excluded (packed rows name each token's sample)."""
+    if "sample_index" in batch:
+        return float((batch["sample_index"] >= 0).sum())
+    return float(batch["attention_mask"].sum()) if "attention_mask" in batch else 0.0
 
 
 def ratio(num: torch.Tensor, den: torch.Tensor) -> float:

@@ -14,13 +14,14 @@ import torch
 from omegaconf import OmegaConf
 
 from curriculum.atomic import write_json
-from curriculum.config import RunConfig, device_count
+from curriculum.config import ConfigError, RunConfig, device_count
 from curriculum.data.collate import Collator, SampleError
 from curriculum.data.sources import DataBundle, cache_dir, file_states
 from curriculum.model.load import load_model, load_processor, resolve_model_path
 from curriculum.model.module import VLMModule
 from curriculum.model.sharding import full_state_dict
-from curriculum.model.vision_dummy import build_vision_dummy
+from curriculum.model.packing import packing_refusal
+from curriculum.model.vision_dummy import build_vision_dummy, one_image_sample
 from curriculum.run import lock as run_lock
 from curriculum.run.callbacks import GenerationEval, StageProgressBar, StepRows
 from curriculum.run.checkpoints import AtomicCheckpointIO, RunCheckpoints, ShardedStrategy
@@ -60,7 +61,10 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> 
     path = resolve_model_path(cfg.model.name_or_path, cache_dir(cfg))
     processor = load_processor(path, cfg.model.processor_kwargs)
     model = load_model(cfg.model, path, cfg.trained_modes())
-    collator = Collator(processor, bundle.group_names, cfg.data.max_length, cfg.data.on_invalid.value, truncate=cfg.data.truncate)
+    if cfg.data.packing:
+        refuse_packing(model, processor)
+    collator = Collator(processor, bundle.group_names, cfg.data.max_length, cfg.data.on_invalid.value, truncate=cfg.data.truncate,
+                        packing=cfg.data.packing)
     module = VLMModule(
         model,
         stream.schedule,
@@ -88,6 +92,17 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> 
         files=file_states(bundle),
     )
     return Parts(bundle, stream, run_steps, processor, module, datamodule, build_plan(bundle, stream, run_steps))
+
+
+def refuse_packing(model, processor) -> None:
+    """Refuse data.packing=true, in one sentence, for a family that cannot train on packed rows."""
+    try:
+        sample = one_image_sample(processor, model)
+    except Exception:  # noqa: BLE001 - a processor that cannot build a bare one-image sample: judged by the model alone
+        sample = {}
+    reason = packing_refusal(model, sample)
+    if reason:
+        raise ConfigError(f"data.packing=true is not supported for this model: {reason}; train it with data.packing=false.")
 
 
 def _probe_records(bundle: DataBundle) -> list[dict]:

@@ -29,7 +29,7 @@ FREE = ("logger.", "checkpoint.", "export.", "eval.", "paths.", "data.num_worker
         "trainer.enable_progress_bar", "trainer.val_every_n_steps", "trainer.limit_val_batches", "trainer.max_steps",
         "trainer.deterministic", "trainer.threads", "model.gradient_checkpointing")
 # Keys that may change as long as the global batch (micro batch x ranks x accumulation) stays the same.
-LAYOUT = ("data.micro_batch_size", "trainer.accumulate_grad_batches", "trainer.devices", "trainer.num_nodes",
+LAYOUT = ("data.micro_batch_size", "data.packing", "trainer.accumulate_grad_batches", "trainer.devices", "trainer.num_nodes",
           "trainer.strategy", "trainer.accelerator", "trainer.find_unused_parameters")
 
 
