@@ -18,6 +18,9 @@ from curriculum.model.module import VLMModule
 from curriculum.run.recipe import refuse_packing
 
 GROUPS = ["image_text", "text_only"]
+# Families that cannot isolate samples in a packed row (the README says why); every other one packs.
+REFUSED = {"tiny-gemma3", "tiny-gemma4", "tiny-paligemma", "tiny-mllama", "tiny-lfm2-vl", "tiny-minicpmv4.6", "tiny-minicpmv4.7",
+           "tiny-qwen3.5"}
 FULL = TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full)
 
 
@@ -45,8 +48,8 @@ def test_samples_are_laid_end_to_end_in_draw_order_with_positions_restarting():
 
 
 def test_a_batch_with_attention_of_its_own_is_not_packed():
-    batch = {**padded([2, 2], 2), "token_type_ids": torch.zeros(2, 2, dtype=torch.long)}
-    with pytest.raises(ValueError, match="cannot pack a batch with token_type_ids"):
+    batch = {**padded([2, 2], 2), "cross_attention_mask": torch.zeros(2, 2, 1, 1, dtype=torch.long)}
+    with pytest.raises(ValueError, match="cannot pack a batch with cross_attention_mask"):
         pack(batch, width=8, pad_id=0)
 
 
@@ -68,11 +71,12 @@ def step(module, batch) -> tuple[float, torch.Tensor, dict]:
 def test_a_packed_step_equals_the_padded_step_or_is_refused_in_one_sentence(arch, tmp_path):
     """Loss, per-group sums and every gradient of a mixed micro-batch agree; families that cannot pack say why."""
     module, padded_collate, packed_collate = module_and_collators(arch)
-    try:
-        refuse_packing(module.model, padded_collate.processor)
-    except ConfigError as e:
-        assert str(e).startswith("data.packing=true is not supported for this model: ") and str(e).count(". ") == 0
+    if os.path.basename(arch) in REFUSED:
+        with pytest.raises(ConfigError) as e:
+            refuse_packing(module.model, padded_collate.processor)
+        assert str(e.value).startswith("data.packing=true is not supported for this model: ") and str(e.value).count(". ") == 0
         return
+    refuse_packing(module.model, padded_collate.processor)
     records = [
         record("i", "<image>\nWhat colour is it?", "Red, and a little darker at the edges.", [png(tmp_path / "a.png")]),
         record("t", "How many sides has a square?", "Four."),

@@ -16,8 +16,10 @@ import torch
 
 from curriculum.data.template import IGNORE_INDEX
 
-# Per-token inputs that carry attention or positions of their own, which a packed row cannot keep per sample.
-UNPACKABLE = ("token_type_ids", "mm_token_type_ids", "cross_attention_mask", "position_ids")
+# Per-token inputs a packed row cannot keep per sample: cross-attention masks and positions of their own.
+UNPACKABLE = ("cross_attention_mask", "position_ids")
+# Per-token inputs laid end to end like the ids (token types: what the model does with them decides whether it can pack).
+PER_TOKEN = ("token_type_ids", "mm_token_type_ids")
 
 
 def pack(batch: dict, width: int, pad_id: int) -> dict:
@@ -34,6 +36,7 @@ def pack(batch: dict, width: int, pad_id: int) -> dict:
     labels = torch.full(shape, IGNORE_INDEX, dtype=batch["labels"].dtype)
     positions = torch.zeros(shape, dtype=torch.long)
     owner = torch.full(shape, -1, dtype=torch.long)
+    types = {k: torch.zeros(shape, dtype=batch[k].dtype) for k in PER_TOKEN if k in batch}
     for r, members in enumerate(rows):
         at = 0
         for i in members:
@@ -44,11 +47,13 @@ def pack(batch: dict, width: int, pad_id: int) -> dict:
             labels[r, at] = IGNORE_INDEX
             positions[r, at : at + n] = torch.arange(n)
             owner[r, at : at + n] = i
+            for k, t in types.items():
+                t[r, at : at + n] = batch[k][i][mask[i]]
             at += n
         # The tail is a sequence of its own: it attends to no sample and no sample to it.
         positions[r, at:] = torch.arange(row_len - at)
     out = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
-    out.update(input_ids=ids, labels=labels, position_ids=positions, sample_index=owner)
+    out.update(input_ids=ids, labels=labels, position_ids=positions, sample_index=owner, **types)
     return out
 
 

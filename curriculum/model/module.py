@@ -22,6 +22,7 @@ from lightning_fabric.utilities.apply_func import move_data_to_device
 from curriculum.config import COMPONENTS, OptimConfig
 from curriculum.data.packing import token_owners
 from curriculum.model.checkpoint_state import drop_untrained, realign_batch_progress, require_same_base, restore_rng, rng_state, weights_identity
+from curriculum.model.packing import mrope_positions, rope_index_model
 from curriculum.model.loss import NOT_MODEL_INPUTS, group_sums, supervised_token_losses, unsupervised_batch
 from curriculum.model.step_metrics import SkipLog, StepMetrics
 from curriculum.model.trainability import Trainability, freeze_unused_parameters, never_trained
@@ -60,6 +61,8 @@ class VLMModule(pl.LightningModule):
         # gradients when first gathered, so a frozen stage drops gradients instead of toggling them.
         self.sharded = sharded
         self.trainability = Trainability(model, toggle_requires_grad=not sharded)
+        # The module computing 3-D (mRoPE) positions, for packed rows of such families.
+        self.rope_index = rope_index_model(model)
         self.metrics = StepMetrics(schedule)
         # (state_dict keys, weights_identity) of the weights no stage trains, taken before sharding.
         self._identity: tuple[list[str], str] | None = None
@@ -172,6 +175,8 @@ class VLMModule(pl.LightningModule):
         inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         inputs = {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items()}
+        if "sample_index" in batch and self.rope_index is not None:
+            inputs["position_ids"] = mrope_positions(self.rope_index, inputs)
         if self.sharded and self.vision_dummy is not None and "pixel_values" not in batch:
             # Sharded units gather in forward order: the dummy runs inside the forward, where images would.
             with self.vision_dummy.inside_forward(self.model, self.device, dtype) as terms:
