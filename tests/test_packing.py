@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import compiled, png, record, run_cli
+from families import FAMILIES
 from curriculum.config import ConfigError, Mode, ModelConfig, OptimConfig, TrainableConfig
 from curriculum.data.collate import Collator
 from curriculum.data.packing import bins, pack
@@ -18,9 +19,8 @@ from curriculum.model.module import VLMModule
 from curriculum.run.recipe import refuse_packing
 
 GROUPS = ["image_text", "text_only"]
-# Families that cannot isolate samples in a packed row (the README says why); every other one packs.
-REFUSED = {"tiny-gemma3", "tiny-gemma4", "tiny-paligemma", "tiny-mllama", "tiny-lfm2-vl", "tiny-minicpmv4.6", "tiny-minicpmv4.7",
-           "tiny-qwen3.5"}
+# Families that cannot isolate samples in a packed row (the README's family table says why); every other one packs.
+REFUSED = {f.name for f in FAMILIES if not f.packs}
 FULL = TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full)
 
 

@@ -28,6 +28,12 @@ class Family:
     batch: str  # what the batch carries, for the README
     checked: str = "all below"
     module: str | None = None  # builder module under families/; None for a built-in model (`builtin:<name>`)
+    packing: str = "yes"  # data.packing: "yes", or "no: <why>" (tests/test_packing.py holds the model to it)
+
+    @property
+    def packs(self) -> bool:
+        """Whether data.packing trains this family (else it is refused)."""
+        return not self.packing.startswith("no")
 
 
 FAMILIES = [
@@ -43,43 +49,43 @@ FAMILIES = [
            "any-resolution crops, `image_sizes`; `image_newline` is a projector parameter", module="llava_next"),
     Family("tiny-gemma3", "Gemma 3", "Gemma3ForConditionalGeneration",
            "`token_type_ids` (bidirectional image attention); template writes BOS; images inside newline runs (labels via processed prefixes)",
-           module="gemma3"),
+           module="gemma3", packing="no: `token_type_ids` set bidirectional image attention"),
     Family("tiny-gemma4", "Gemma 4", "Gemma4ForConditionalGeneration",
            "patches `(images, patches, 3·p²)` + `image_position_ids`, `mm_token_type_ids` (bidirectional image attention); template "
            "writes BOS; the generation prompt adds an empty thought channel that training renders never carry; processor holds an "
-           "audio feature extractor", module="gemma4"),
+           "audio feature extractor", module="gemma4", packing="no: `mm_token_type_ids` set bidirectional image attention"),
     Family("tiny-paligemma", "PaliGemma", "PaliGemmaForConditionalGeneration",
            "prefix-LM `token_type_ids` (0 on the prompt, attended both ways; 1 from the first answer token); its processor refuses "
            "text-only rows, so the tokenizer encodes them; no upstream chat template (ours: images, prompt, `\\n`, answer, EOS)",
-           module="paligemma"),
+           module="paligemma", packing="no: prefix-LM `token_type_ids`"),
     Family("tiny-aya-vision", "Aya Vision", "AyaVisionForConditionalGeneration",
            "crops + global view on dim 0 with `TILE_n` text markers (labels via processed prefixes); template writes BOS", module="aya_vision"),
     Family("tiny-mllama", "Llama 3.2 Vision (Mllama)", "MllamaForConditionalGeneration",
            "6-D `pixel_values`, `aspect_ratio_ids`/`_mask`, `cross_attention_mask`; one `<\\|image\\|>` token, past the LM head's rows",
            "all below (its zero-weight pass is a whole forward on a dummy sample, so the cross-attention layers take part), "
-           "plus DDP on 2 processes with a text-only rank; refused with `trainer=fsdp`", module="mllama"),
+           "plus DDP on 2 processes with a text-only rank; refused with `trainer=fsdp`", module="mllama", packing="no: cross-attention layers"),
     Family("tiny-qwen2-vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration",
            "flattened patches of every image concatenated + `image_grid_thw` (3-D mRoPE positions), `mm_token_type_ids`; "
-           "template adds a default system prompt", module="qwen2_vl"),
+           "template adds a default system prompt", module="qwen2_vl", packing="yes, per-sample 3-D positions"),
     Family("tiny-qwen2.5-vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration",
            "as Qwen2-VL, windowed-attention vision tower (without `mm_token_type_ids` it silently falls back to 1-D positions)",
-           module="qwen2_5_vl"),
+           module="qwen2_5_vl", packing="yes, per-sample 3-D positions"),
     Family("tiny-qwen3-vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration",
-           "as Qwen2-VL, interleaved mRoPE and DeepStack features; no default system prompt", module="qwen3_vl"),
+           "as Qwen2-VL, interleaved mRoPE and DeepStack features; no default system prompt", module="qwen3_vl", packing="yes, per-sample 3-D positions"),
     Family("tiny-qwen3.5", "Qwen3.5", "Qwen3_5ForConditionalGeneration",
            "as Qwen3-VL, linear + full attention layers; thinking template: an empty thinking block in the last answer only "
-           "(turns located with stand-in renders; the model learns to close the block after the generation prompt)", module="qwen3_5"),
+           "(turns located with stand-in renders; the model learns to close the block after the generation prompt)", module="qwen3_5", packing="no: linear-attention layers"),
     Family("tiny-minicpmv4.6", "MiniCPM-V 4.6", "MiniCPMV4_6ForConditionalGeneration",
            "every image and slice packed into one `pixel_values` `(1, 3, patch, L)` + `target_sizes`; thinking template as Qwen3.5; "
-           "the processor pads left (the collator asks for right)", module="minicpmv4_6"),
+           "the processor pads left (the collator asks for right)", module="minicpmv4_6", packing="no: linear-attention layers"),
     Family("tiny-minicpmv4.7", "MiniCPM-V 4.7", "MiniCPMV4_7ForConditionalGeneration", "as MiniCPM-V 4.6, plus `mm_token_type_ids`",
-           module="minicpmv4_7"),
+           module="minicpmv4_7", packing="no: linear-attention layers"),
     Family("tiny-glm4v", "GLM-4.1V", "Glm4vForConditionalGeneration",
            "flattened patches + `image_grid_thw`, `mm_token_type_ids`; template starts `[gMASK]<sop>` and closes no turn "
-           "(the collator appends EOS to the last answer, supervised)", module="glm4v"),
+           "(the collator appends EOS to the last answer, supervised)", module="glm4v", packing="yes, per-sample 3-D positions"),
     Family("tiny-lfm2-vl", "LFM2-VL", "Lfm2VlForConditionalGeneration",
            "tiles of patches (`pixel_values` `(tiles, patches, 3·p²)`), `pixel_attention_mask`, `spatial_shapes`; template writes BOS; "
-           "conv + attention language model", module="lfm2_vl"),
+           "conv + attention language model", module="lfm2_vl", packing="no: conv layers"),
     Family("tiny-llava-onevision", "LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration",
            "any-resolution crops, `image_sizes`, `batch_num_images`; SigLIP features in full; images first in a turn", module="llava_onevision"),
     Family("tiny-smolvlm", "SmolVLM", "SmolVLMForConditionalGeneration",
@@ -162,6 +168,6 @@ def ensure_family(name: str, cache_dir: str, tokenizer_from: str) -> str:
 
 def readme_table() -> str:
     """The README's table of tested families."""
-    lines = ["| family | model class | what the batch carries | checked |", "|---|---|---|---|"]
-    lines += [f"| {f.title} | `{f.model_class}` | {f.batch} | {f.checked} |" for f in FAMILIES]
+    lines = ["| family | model class | what the batch carries | checked | packing |", "|---|---|---|---|---|"]
+    lines += [f"| {f.title} | `{f.model_class}` | {f.batch} | {f.checked} | {f.packing} |" for f in FAMILIES]
     return "\n".join(lines)
