@@ -45,10 +45,10 @@ def config(out_dir: str, data_file: str, case: str, model: str | None = None) ->
             },
         )
         micro = 2
-    vision = Mode.full if case == "full" else Mode.frozen
+    vision = Mode.full if case in ("full", "packed") else Mode.frozen
     strategy = "fsdp" if case == "fsdp" else "ddp"
     return RunConfig(
-        data=DataConfig(train_files=[data_file], micro_batch_size=micro, num_workers=0),
+        data=DataConfig(train_files=[data_file], micro_batch_size=micro, num_workers=0, packing=case == "packed"),
         model=ModelConfig(name_or_path=model or ModelConfig.name_or_path, trainable=TrainableConfig(vision=vision, projector=Mode.full, language=Mode.full)),
         schedule=schedule,
         trainer=TrainerConfig(accelerator="cpu", devices=2, strategy=strategy, val_every_n_steps=0, enable_progress_bar=False),
