@@ -53,9 +53,9 @@ def test_a_batch_with_attention_of_its_own_is_not_packed():
         pack(batch, width=8, pad_id=0)
 
 
-def module_and_collators(path):
+def module_and_collators(path, attn: str | None = None):
     processor = load_processor(path)
-    model = load_model(ModelConfig(name_or_path=path, trainable=FULL), path)
+    model = load_model(ModelConfig(name_or_path=path, trainable=FULL, attn_implementation=attn), path)
     module = VLMModule(model, compiled(), OptimConfig())
     module.enter_stage(module.schedule.stage_at(0))
     return module, Collator(processor, GROUPS, 512, "error"), Collator(processor, GROUPS, 512, "error", packing=True)
@@ -68,6 +68,25 @@ def step(module, batch) -> tuple[float, torch.Tensor, dict]:
     return loss.item(), sums, {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
 
 
+def assert_same_step(module, want: dict, got: dict) -> None:
+    """Loss, per-group sums and every gradient of the packed batch are the padded batch's."""
+    loss_a, sums_a, grads_a = step(module, want)
+    loss_b, sums_b, grads_b = step(module, got)
+    assert sums_b[:, 1].tolist() == sums_a[:, 1].tolist()
+    assert loss_b == pytest.approx(loss_a, rel=1e-4) and torch.allclose(sums_b[:, 0], sums_a[:, 0], rtol=1e-4)
+    assert grads_a.keys() == grads_b.keys()
+    for name, g in grads_a.items():
+        assert torch.allclose(grads_b[name], g, rtol=1e-3, atol=1e-5), name
+
+
+def mixed_records(tmp_path) -> list[dict]:
+    return [
+        record("i", "<image>\nWhat colour is it?", "Red, and a little darker at the edges.", [png(tmp_path / "a.png")]),
+        record("t", "How many sides has a square?", "Four."),
+        record("j", "<image>\nShape?", "A circle.", [png(tmp_path / "b.png", (0, 0, 255))]),
+    ]
+
+
 def test_a_packed_step_equals_the_padded_step_or_is_refused_in_one_sentence(arch, tmp_path):
     """Loss, per-group sums and every gradient of a mixed micro-batch agree; families that cannot pack say why."""
     module, padded_collate, packed_collate = module_and_collators(arch)
@@ -77,20 +96,22 @@ def test_a_packed_step_equals_the_padded_step_or_is_refused_in_one_sentence(arch
         assert str(e.value).startswith("data.packing=true is not supported for this model: ") and str(e.value).count(". ") == 0
         return
     refuse_packing(module.model, padded_collate.processor)
-    records = [
-        record("i", "<image>\nWhat colour is it?", "Red, and a little darker at the edges.", [png(tmp_path / "a.png")]),
-        record("t", "How many sides has a square?", "Four."),
-        record("j", "<image>\nShape?", "A circle.", [png(tmp_path / "b.png", (0, 0, 255))]),
-    ]
+    records = mixed_records(tmp_path)
     want, got = padded_collate(records), packed_collate(records)
     assert got["input_ids"].shape[0] == 1 and (got["sample_index"] >= 0).all()  # one row, no padding at all
-    loss_a, sums_a, grads_a = step(module, want)
-    loss_b, sums_b, grads_b = step(module, got)
-    assert sums_b[:, 1].tolist() == sums_a[:, 1].tolist()
-    assert loss_b == pytest.approx(loss_a, rel=1e-4) and torch.allclose(sums_b[:, 0], sums_a[:, 0], rtol=1e-4)
-    assert grads_a.keys() == grads_b.keys()
-    for name, g in grads_a.items():
-        assert torch.allclose(grads_b[name], g, rtol=1e-3, atol=1e-5), name
+    assert_same_step(module, want, got)
+
+
+def test_eager_attention_and_rows_split_at_max_length_pack_exactly(llava_path, tmp_path):
+    """transformers builds the packed mask for eager attention too; a micro-batch over max_length spreads over rows."""
+    module, padded_collate, _ = module_and_collators(llava_path, attn="eager")
+    records = mixed_records(tmp_path)
+    want = padded_collate(records)
+    width = int(want["attention_mask"].sum(1).max()) + 1  # the longest sample fits; two samples do not
+    packed = Collator(padded_collate.processor, GROUPS, width, "error", packing=True)
+    got = packed(records)
+    assert got["input_ids"].shape[0] > 1 and got["input_ids"].shape[1] <= width
+    assert_same_step(module, want, got)
 
 
 def rows(run) -> list[dict]:

@@ -3,17 +3,19 @@
 One command on a machine with a GPU (nothing is downloaded; the model is random, built from the
 built-in tiny LLaVA's config with a ~1B-parameter Llama language model, and saved like a checkpoint):
 
-    .venv/bin/python experiments/gpu/smoke.py                # trainer=gpu, LoRA, then full fine-tuning
+    .venv/bin/python experiments/gpu/smoke.py                # trainer=gpu: LoRA, full fine-tuning, full fine-tuning packed
     .venv/bin/python experiments/gpu/smoke.py --cpu-check    # the same path on CPU with a small model (no figures)
 
-It prints, per run and stage, the median step time, tokens/s (all real tokens and supervised ones)
-and the peak GPU memory, read from each run's metrics.csv.
+It prints, per run and stage, the median step time, tokens/s (all real tokens and supervised ones),
+the padding fraction and the peak GPU memory, read from each run's metrics.csv. The packed run uses
+FlashAttention-2's varlen kernel when flash_attn is installed, else SDPA with transformers' packed mask.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -68,7 +70,8 @@ def summary(run_dir: str) -> list[list[str]]:
             values = [float(r[key]) for r in mine if r.get(key)]
             return f"{statistics.median(values):.3g}" if values else "-"
 
-        out.append([stage, med("perf/step_s"), med("perf/tokens_per_s"), med("perf/supervised_tokens_per_s"), med("perf/peak_mem_gb")])
+        out.append([stage, med("perf/step_s"), med("perf/tokens_per_s"), med("perf/supervised_tokens_per_s"), med("perf/padding_fraction"),
+                    med("perf/peak_mem_gb")])
     return out
 
 
@@ -82,16 +85,19 @@ def main() -> None:
     cache = os.environ.setdefault("CURRICULUM_CACHE", os.path.join(out, "cache"))
     folder = os.path.join(out, "model")
     size = build_model(folder, cache, hidden, layers)
+    flash = not args.cpu_check and importlib.util.find_spec("flash_attn") is not None
     runs = {
         "LoRA (language), bf16, checkpointing": run("lora", folder, out, args.cpu_check, "model/peft=lora", "model.trainable.language=lora"),
         "full (projector + language), bf16, checkpointing": run("full", folder, out, args.cpu_check),
+        f"full, packed ({'flash_attention_2' if flash else 'sdpa'})": run("packed", folder, out, args.cpu_check, "data.packing=true",
+                                                                         *(["model.attn_implementation=flash_attention_2"] if flash else [])),
     }
     from benchlib import markdown_table
 
     print(f"\nrandom LLaVA, {size}, micro batch 8, built-in shapes data")
     for name, run_dir in runs.items():
         print(f"\n{name} ({run_dir})\n")
-        print(markdown_table(["stage", "step s", "tokens/s", "supervised tokens/s", "peak GPU GB"], summary(run_dir)))
+        print(markdown_table(["stage", "step s", "tokens/s", "supervised tokens/s", "padding", "peak GPU GB"], summary(run_dir)))
 
 
 if __name__ == "__main__":
