@@ -63,6 +63,9 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> 
     model = load_model(cfg.model, path, cfg.trained_modes())
     if cfg.data.packing:
         refuse_packing(model, processor)
+        if getattr(model.config, "_attn_implementation", None) != "flash_attention_2":
+            log.info("data.packing: without model.attn_implementation=flash_attention_2, each packed row's attention scores every "
+                     "token pair of the row (masked): packing saves the padding, not the attention across samples")
     collator = Collator(processor, bundle.group_names, cfg.data.max_length, cfg.data.on_invalid.value, truncate=cfg.data.truncate,
                         packing=cfg.data.packing)
     module = VLMModule(

@@ -14,7 +14,7 @@ save_pretrained and loaded through the same path a checkpoint takes): a LLaVA-1.
 tower at 336 px / patch 14: 576 image tokens) and a Qwen2-VL shape (256x256 images: 256 image
 tokens, 3-D mRoPE positions). A step is the module's group losses, backward and AdamW over the
 collated micro-batches; real tokens/s counts sample tokens only. Ratios are against draw order in
-the same run.
+the same run. "attention scores" counts the query-key pairs SDPA computes with a mask (rows x width²).
 
     python experiments/benchmarks/packing.py [--hidden 768 --layers 12]   # ~100M parameters per model
     python experiments/benchmarks/packing.py --hidden 256 --layers 4       # what the README table ran
@@ -172,7 +172,7 @@ def measure(path: str, table: list[dict], args) -> list[list]:
         module.enter_stage(module.schedule.stage_at(0))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
         collate = Collator(processor, GROUPS, 4096, "error", packing=layout["packing"])
-        real = computed = 0
+        real = computed = pairs = 0
         micro_batches = [collate(mb) for mb in draws(table, lengths, layout, args)]
         start = time.perf_counter()
         for k, batch in enumerate(micro_batches):
@@ -183,12 +183,22 @@ def measure(path: str, table: list[dict], args) -> list[list]:
                 optimizer.zero_grad(set_to_none=True)
             real += int((batch["sample_index"] >= 0).sum()) if "sample_index" in batch else int(batch["attention_mask"].sum())
             computed += batch["input_ids"].numel()
+            # SDPA with a mask scores every query against every key of its row, masked or not.
+            pairs += batch["input_ids"].shape[0] * batch["input_ids"].shape[1] ** 2
         seconds = time.perf_counter() - start
         rate = real / seconds
         base = base or rate
-        out.append([name, f"{1 - real / computed:.1%}", f"{real}", f"{computed}", f"{rate:,.0f}", f"{rate / base:.2f}x"])
+        out.append([name, f"{1 - real / computed:.1%}", f"{real}", f"{computed}", f"{pairs / 1e6:,.0f}M", f"{rate:,.0f}", f"{rate / base:.2f}x"])
         print(f"  {name}: {out[-1][1:]}", flush=True)
     return out
+
+
+def varlen_pairs(path: str, table: list[dict], args) -> int:
+    """Query-key pairs of the drawn samples each attending to itself only (FlashAttention-2's varlen kernel)."""
+    padded = Collator(load_processor(path), GROUPS, 4096, "error")
+    lengths = np.array([int(padded([r])["attention_mask"].sum()) for r in table])
+    drawn = [r for mb in draws(table, lengths, LAYOUTS["draw order"], args) for r in mb]
+    return int(sum(lengths[int(r["id"][1:])] ** 2 for r in drawn))
 
 
 def _schedule(args):
@@ -213,7 +223,8 @@ def main() -> None:
         params = sum(p.numel() for p in load_model(ModelConfig(name_or_path=path), path).parameters()) / 1e6
         print(f"\n{family}-shaped, {params:.0f}M parameters ({json.dumps({'hidden': args.hidden, 'layers': args.layers})})")
         rows = measure(path, table, args)
-        print(markdown_table(["layout", "padding", "real tokens", "computed tokens", "real tokens/s", "vs draw order"], rows))
+        print(f"attention a varlen kernel computes (the sum over samples of their length squared): {varlen_pairs(path, table, args) / 1e6:,.0f}M")
+        print(markdown_table(["layout", "padding", "real tokens", "computed tokens", "attention scores", "real tokens/s", "vs draw order"], rows))
 
 
 if __name__ == "__main__":
