@@ -48,7 +48,7 @@ def build_model(folder: str, cache: str, hidden: int, layers: int) -> str:
 def run(name: str, folder: str, out: str, cpu: bool, *extra: str) -> str:
     """One curriculum-train run; returns its folder."""
     run_dir = os.path.join(out, name)
-    device = ["trainer.accelerator=cpu", "trainer.precision=32-true", "model.dtype=float32"] if cpu else []
+    device = ["trainer.accelerator=cpu", "trainer.precision=32-true", "model.dtype=float32", "model.frozen_dtype=null"] if cpu else []
     cmd = [
         sys.executable, "-m", "curriculum.cli.train", "trainer=gpu", *device, f"model.name_or_path={folder}",
         "schedule.stages.align.steps=10", "schedule.stages.blend.steps=20", "data.micro_batch_size=8",
