@@ -66,18 +66,23 @@ def test_mixed_modality_ddp_completes_with_identical_parameters(tmp_path, cache_
     assert any("language_model" in n for n in changed)
 
 
-@pytest.mark.slow
-def test_two_ranks_match_one_process_and_image_less_steps_leave_the_projector(tmp_path, cache_dir, shapes):
-    (s0, s1), _ = run_ddp(tmp_path, "grouped")
-    # The same global batches (2 ranks x 4) on one process (1 x 8) give the same parameters.
-    cfg = ddp_worker.config(str(tmp_path / "one"), data_file(tmp_path), "grouped")
-    cfg.trainer.devices, cfg.trainer.strategy, cfg.data.micro_batch_size = 1, "auto", 8
+def one_process(tmp_path, case: str, micro_batch: int):
+    """The model a case trains on one process with the whole global batch in each micro-batch."""
+    cfg = ddp_worker.config(str(tmp_path / "one"), data_file(tmp_path), case)
+    cfg.trainer.devices, cfg.trainer.strategy, cfg.data.micro_batch_size = 1, "auto", micro_batch
     cfg.check()
     pl.seed_everything(cfg.seed)
     parts = build_parts(cfg, str(tmp_path / "one"))
     build_trainer(cfg, str(tmp_path / "one"), parts).fit(parts.module, datamodule=parts.datamodule)
+    return parts.module.model
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_and_image_less_steps_leave_the_projector(tmp_path, cache_dir, shapes):
+    (s0, s1), _ = run_ddp(tmp_path, "grouped")
+    # The same global batches (2 ranks x 4) on one process (1 x 8) give the same parameters.
     final = s0[-1]["params"]
-    for n, p in parts.module.model.named_parameters():
+    for n, p in one_process(tmp_path, "grouped", 8).named_parameters():
         if n in final:
             assert torch.equal(final[n], s1[-1]["params"][n]), n
             torch.testing.assert_close(final[n], p.detach(), rtol=1e-4, atol=1e-6, msg=n)
@@ -95,14 +100,8 @@ def test_packed_rows_on_two_ranks_train_what_padded_rows_train_on_one_process(tm
     """data.packing with an image-only and a text-only rank: no hang, identical ranks, the one-process padded run's weights."""
     (s0, s1), (seen0, seen1) = run_ddp(tmp_path, "packed")
     changed_on_identical_ranks(s0, s1, seen0, seen1)
-    cfg = ddp_worker.config(str(tmp_path / "one"), data_file(tmp_path), "full")
-    cfg.trainer.devices, cfg.trainer.strategy, cfg.data.micro_batch_size = 1, "auto", 4
-    cfg.check()
-    pl.seed_everything(cfg.seed)
-    parts = build_parts(cfg, str(tmp_path / "one"))
-    build_trainer(cfg, str(tmp_path / "one"), parts).fit(parts.module, datamodule=parts.datamodule)
     final = s0[-1]["params"]
-    for n, p in parts.module.model.named_parameters():
+    for n, p in one_process(tmp_path, "full", 4).named_parameters():
         if n in final:
             # AdamW turns float noise in a gradient that is zero in exact arithmetic (attention key biases) into steps of
             # ~1e-6; padded rows on 2 ranks differ from 1 process by as much.
