@@ -126,3 +126,32 @@ def test_curriculum_eval_on_a_model_folder_needs_only_validation_files_and_write
     assert {s["id"] for s in json.load(open(path))["samples"]} == {"i", "t"}
     there = run(llava_path, [f"data.val_files=[{val}]", f"eval.output_dir={tmp_path / 'here'}", "eval.max_new_tokens=2"])
     assert there == str(tmp_path / "here" / "eval.json")
+
+
+def test_a_rank_whose_images_are_all_unreadable_still_runs_every_forward(llava_path, tmp_path, monkeypatch):
+    """Under FSDP every forward gathers on all ranks: a rank with nothing usable in a batch runs a stand-in of its kind."""
+    from conftest import png
+
+    model = AutoModelForImageTextToText.from_pretrained(llava_path)
+    evaluator = Evaluator(model, load_processor(llava_path), ["image_text", "text_only"], 512, EvalSettings(max_new_tokens=2, batch_size=2))
+    monkeypatch.setattr(evaluator, "world", 2)  # rank 0 of 2; gathering is the identity here
+    monkeypatch.setattr(evaluator, "_gather", lambda local: local)
+    gone = str(tmp_path / "gone.png")
+    records = [record("a", "<image>\nColour?", "Red.", [gone]), record("b", "<image>\nShape?", "Round.", [gone]),
+               record("c", "<image>\nColour?", "Red.", [png(tmp_path / "c.png")]), record("d", "<image>\nSize?", "Big.", [gone]),
+               record("t", "2+2?", "4")]
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    assert evaluator.losses(records)["image_text"][1] == 0  # rank 0's image batch ([a, b]) was all skipped
+    # Rank 0 of 2 gets image batch [a, b] (all skipped: a stand-in forward) and the text batch [t]: two forwards.
+    assert len(calls) == 2
+    generated = []
+
+    def generate(input_ids, **kwargs):  # the real one syncs ranks through torch.distributed
+        generated.append("pixel_values" in kwargs)
+        return input_ids
+
+    monkeypatch.setattr(model, "generate", generate)
+    answers = evaluator.answers(records)
+    # Rank 0's chunks: images [a, b] (all unreadable: generate on a stand-in image prompt), then the text chunk [t].
+    assert generated == [True, False] and answers[0] is None and answers[1] is None

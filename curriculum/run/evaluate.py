@@ -20,9 +20,10 @@ import torch.distributed as dist
 
 from curriculum.atomic import write_json
 from curriculum.data.collate import Collator, padded_copy
-from curriculum.data.template import adds_special_tokens, render_chat, to_hf_messages
 from curriculum.data.images import ImageError, load_image
-from curriculum.model.loss import NOT_MODEL_INPUTS, supervised_token_losses
+from curriculum.data.template import IGNORE_INDEX, adds_special_tokens, render_chat, to_hf_messages
+from curriculum.model.loss import NOT_MODEL_INPUTS, supervised_token_losses, unsupervised_batch
+from curriculum.model.vision_dummy import one_image_sample
 from curriculum.progress_lines import CountedLines
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -140,17 +141,20 @@ class Evaluator:
             usable.append(True)
             prompt, _ = split_reference(r)
             prompts.append(render_chat(self.processor, to_hf_messages(prompt), add_generation_prompt=True))
-        if not prompts:
+        if not prompts and self.world == 1:
             return [None] * len(records)
-        special = adds_special_tokens(self.tokenizer, prompts[0])
-        if not any(images) and self.collator.text_rows_by_tokenizer:  # a processor that refuses text-only prompts
-            inputs = self.tokenizer(prompts, padding=True, add_special_tokens=special, return_tensors="pt")
+        if not prompts:
+            # Every image unreadable: generate on a stand-in all the same, since the other ranks' sharded units gather in it.
+            inputs = self._on_model(self._stand_in(any(r["images"] for r in records)))
+        elif not any(images) and self.collator.text_rows_by_tokenizer:  # a processor that refuses text-only prompts
+            special = adds_special_tokens(self.tokenizer, prompts[0])
+            inputs = self._on_model(self.tokenizer(prompts, padding=True, add_special_tokens=special, return_tensors="pt"))
         else:
-            inputs = self.processor(
+            special = adds_special_tokens(self.tokenizer, prompts[0])
+            inputs = self._on_model(self.processor(
                 text=prompts, images=images if any(images) else None, padding=True, padding_side=self.tokenizer.padding_side,
                 add_special_tokens=special, return_tensors="pt",
-            )
-        inputs = self._on_model(inputs)
+            ))
         was_training = self.model.training
         self.model.eval()
         try:
@@ -164,6 +168,17 @@ class Evaluator:
             self.model.train(was_training)
         texts = iter(self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
         return [answer_of(next(texts)) if ok else None for ok in usable]
+
+    def _stand_in(self, images: bool) -> dict:
+        """Inputs of the same kind as a batch the other ranks run (one image, or one text token) that no result comes from.
+
+        Under FSDP a forward gathers the units it reaches on every rank together: a rank whose
+        batch was entirely skipped must still run one, through the same modules.
+        """
+        if images:
+            return one_image_sample(self.processor, self.model)
+        batch = unsupervised_batch(self.model, torch.device("cpu"))
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def _on_model(self, inputs: dict) -> dict:
         """Tensors moved to the model's device, floating ones in its dtype."""
@@ -182,8 +197,13 @@ class Evaluator:
             # Image and text-only records in separate batches, so every rank runs the same modules in each forward.
             for chunk, padding in self._my_chunks(records, lambda r: bool(r["images"])):
                 batch = self.collator([records[i] for i in chunk])
-                if batch["input_ids"].numel() == 0:
+                if batch["input_ids"].numel() == 0 and self.world == 1:
                     continue
+                if batch["input_ids"].numel() == 0:  # every sample skipped: a stand-in forward, as in _generate
+                    batch = self._stand_in(bool(records[chunk[0]]["images"]))
+                    batch["labels"] = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+                    batch["group_ids"] = torch.zeros(batch["input_ids"].shape[0], dtype=torch.long)
+                    padding = True
                 inputs = self._on_model({k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS})
                 labels = batch["labels"].to(inputs["input_ids"].device)
                 token_loss, rows = supervised_token_losses(self.model, inputs, labels)
