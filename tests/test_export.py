@@ -48,3 +48,13 @@ def test_export_refuses_keys_the_checkpoint_was_trained_with_and_unknown_checkpo
     assert proc.returncode == 1 and "error: curriculum-export: `model.peft.r=16` is not allowed: only export.mode and export.dir" in proc.stderr
     proc = run_cli("export", str(lora_run), "--checkpoint", "nope.ckpt", check=False)
     assert proc.returncode == 1 and "--checkpoint nope.ckpt: no such checkpoint" in proc.stderr and "last.ckpt" in proc.stderr
+
+
+def test_a_checkpoint_whose_keys_the_model_lacks_is_refused_not_dropped(lora_run, tmp_path):
+    """Keys renamed by another transformers version would load nothing and export the base model: refused, naming them."""
+    ckpt = torch.load(lora_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt["state_dict"] = {k.replace("multi_modal_projector", "mm_projector"): v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "renamed.ckpt")
+    proc = run_cli("export", str(lora_run), "--checkpoint", str(tmp_path / "renamed.ckpt"), f"export.dir={tmp_path / 'out'}", check=False)
+    assert proc.returncode == 1 and "holds 4 weight(s) this model does not have (" in proc.stderr and "mm_projector" in proc.stderr
+    assert not (tmp_path / "out").exists()

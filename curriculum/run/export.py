@@ -80,6 +80,13 @@ def load_checkpoint_weights(model: torch.nn.Module, checkpoint: str) -> None:
         dcp.load({"state_dict": state}, checkpoint_id=checkpoint, planner=dcp.DefaultLoadPlanner(allow_partial_load=True))
     else:
         state = meta["state_dict"]
+    unknown = sorted(k for k in state if k not in current)
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise ConfigError(
+            f"{checkpoint}: holds {len(unknown)} weight(s) this model does not have ({shown}); were the model's keys renamed "
+            "(another transformers version)? Export with the versions it was trained with."
+        )
     absent = [k for k, v in current.items() if isinstance(v, torch.nn.Parameter) and k not in state]
     expected = meta.get("curriculum", {}).get("base_weights")
     if expected is not None and weights_identity(current, absent) != expected:
