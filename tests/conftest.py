@@ -189,3 +189,28 @@ def write_hf_datasets(folder) -> dict[str, str]:
     llava = os.path.join(folder, "llava.parquet")
     Dataset.from_list(llava_rows, features=llava_features).to_parquet(llava)
     return {"hub": hub, "saved": saved, "llava": llava}
+
+
+GROUPS = ["image_text", "text_only"]
+
+
+def module_for(path, trainable=None, peft=None, dummy=True):
+    """A VLMModule over the checkpoint at `path` (with the projector-only vision dummy unless `dummy` is false) and its collator."""
+    from curriculum.config import ModelConfig, TrainableConfig
+    from curriculum.data.collate import Collator
+    from curriculum.model.load import load_model
+    from curriculum.model.module import VLMModule
+    from curriculum.model.vision_dummy import VisionDummy, vision_dummy_inputs
+
+    processor = load_processor(path)
+    model = load_model(ModelConfig(name_or_path=path, trainable=trainable or TrainableConfig(), peft=peft), path)
+    vision_dummy = VisionDummy(vision_dummy_inputs(processor, model), full_tower=False) if dummy else None
+    module = VLMModule(model, compiled(), OptimConfig(), vision_dummy=vision_dummy)
+    return module, Collator(processor, GROUPS, 512, "error")
+
+
+def grads_of(module, component):
+    """Gradients of the module's trained parameters in `component`."""
+    from curriculum.model.components import component_of
+
+    return [p.grad for n, p in module.model.named_parameters() if p.requires_grad and component_of(n) == component]

@@ -1,4 +1,4 @@
-"""Per-group losses, the zero-weight vision path for text-only micro-batches, trainability, LR schedule."""
+"""Per-group losses, trainability (unused parameters, LoRA), the LR schedule per stage, supervised positions only at the head."""
 
 from __future__ import annotations
 
@@ -7,30 +7,11 @@ import math
 import pytest
 import torch
 
-from conftest import compiled, one_stage, png, record
-from families import MATRIX
-from curriculum.config import LoraConfig, Mode, ModelConfig, OptimConfig, ScheduleConfig, StageConfig, StageTrainable, TrainableConfig
-from curriculum.data.collate import Collator
+from conftest import compiled, grads_of, module_for, one_stage, png, record
+from curriculum.config import LoraConfig, Mode, OptimConfig, ScheduleConfig, StageConfig, StageTrainable, TrainableConfig
 from curriculum.model.components import component_of
-from curriculum.model.load import load_model, load_processor
-from curriculum.model.components import component_prefixes
 from curriculum.model.module import VLMModule
 from curriculum.model.trainability import freeze_unused_parameters
-from curriculum.model.vision_dummy import VisionDummy, vision_dummy_inputs
-
-GROUPS = ["image_text", "text_only"]
-
-
-def module_for(path, trainable=None, peft=None, dummy=True):
-    processor = load_processor(path)
-    model = load_model(ModelConfig(name_or_path=path, trainable=trainable or TrainableConfig(), peft=peft), path)
-    vision_dummy = VisionDummy(vision_dummy_inputs(processor, model), full_tower=False) if dummy else None
-    module = VLMModule(model, compiled(), OptimConfig(), vision_dummy=vision_dummy)
-    return module, Collator(processor, GROUPS, 512, "error")
-
-
-def grads_of(module, component):
-    return [p.grad for n, p in module.model.named_parameters() if p.requires_grad and component_of(n) == component]
 
 
 def test_group_loss_sums_match_the_token_mean(llava_path, tmp_path):
@@ -42,62 +23,6 @@ def test_group_loss_sums_match_the_token_mean(llava_path, tmp_path):
     assert loss.item() == pytest.approx(sums[:, 0].sum().item(), rel=1e-5)
     hf = module.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "pixel_values")}, labels=batch["labels"])
     assert (loss / sums[:, 1].sum()).item() == pytest.approx(hf.loss.item(), rel=1e-4)
-
-
-def test_text_only_batch_runs_the_vision_path_with_zero_weight(arch, tmp_path):
-    module, collate = module_for(arch, TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full))
-    freeze_unused_parameters(module, collate([record("i", "<image>\nQ?", "A.", [png(tmp_path / "a.png")])]))
-    batch = collate([record("t", "Q?", "A.")])
-    assert "pixel_values" not in batch
-    loss, _ = module.group_losses(batch)
-    loss.backward()
-    for comp in ("vision", "projector"):
-        grads = grads_of(module, comp)
-        assert grads and all(g is not None for g in grads), comp
-        assert all(float(g.abs().sum()) == 0.0 for g in grads), comp
-    # Every trained parameter takes part (DDP's reducer waits for each), Mllama's cross-attention layers included.
-    assert all(g is not None for g in grads_of(module, "language"))
-    with torch.no_grad():
-        plain, _ = module_for(arch, dummy=False)[0].group_losses(batch)
-    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
-
-
-def test_frozen_tower_dummy_runs_only_the_projector(arch):
-    """Where image features feed the language model's input (every family but cross-attention ones: Mllama's
-    dummy is a whole forward, since its language model's cross-attention layers read the image too)."""
-    module, collate = module_for(arch, TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.full))
-    cross_attention = not hasattr(module.model, "get_image_features")
-    tower_calls = []
-    for name in component_prefixes(module.model)["vision"]:
-        module.model.get_submodule(name).register_forward_hook(lambda *_: tower_calls.append(1))
-    batch = collate([record("t", "Q?", "A.")])
-    module.group_losses(batch)  # the first call captures the tower's output for the dummy image
-    tower_calls.clear()
-    for p in module.model.parameters():
-        p.grad = None
-    loss, _ = module.group_losses(batch)
-    loss.backward()
-    assert (tower_calls == []) != cross_attention
-    grads = grads_of(module, "projector")
-    assert grads and all(g is not None and float(g.abs().sum()) == 0.0 for g in grads)
-    with torch.no_grad():
-        plain, _ = module_for(arch, dummy=False)[0].group_losses(batch)
-    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
-
-
-def test_frozen_tower_dummy_first_captured_in_inference_mode_still_trains(llava_path):
-    module, collate = module_for(llava_path)
-    batch = collate([record("t", "Q?", "A.")])
-    with torch.inference_mode():  # e.g. a trainer.validate before training
-        module.group_losses(batch)
-    module.group_losses(batch)[0].backward()
-    assert all(g is not None for g in grads_of(module, "projector"))
-
-
-def test_without_dummy_text_only_batch_leaves_projector_without_grad(llava_path):
-    module, collate = module_for(llava_path, dummy=False)
-    module.group_losses(collate([record("t", "Q?", "A.")]))[0].backward()
-    assert all(g is None for g in grads_of(module, "projector"))
 
 
 def test_freeze_unused_parameters_keeps_only_reachable_ones(llava_path, tmp_path):
@@ -176,39 +101,3 @@ def test_only_supervised_positions_reach_the_lm_head(arch, tmp_path):
     assert rows.tolist() == (labels != -100).nonzero()[:, 0].tolist()
     token_loss.sum().backward()
     assert all(g is not None for g in grads_of(module, "language"))
-
-
-# Cross-attention families (Mllama) are refused with trainer.strategy=fsdp (tests/test_sharding.py): no sharded dummy.
-SHARDABLE = [name for name in MATRIX if name != "tiny-mllama"]
-
-
-@pytest.mark.parametrize("arch", SHARDABLE, indirect=True)
-def test_the_sharded_dummy_runs_the_vision_path_where_a_real_image_batch_does(arch, tmp_path):
-    """Under FSDP every rank gathers units in call order: a text-only forward must reach the text embeddings and
-    the vision tower in the order an image forward does (the probe finds it, without running the model)."""
-    from curriculum.model.vision_dummy import images_before_embeddings, one_image_sample
-
-    module, collate = module_for(arch, TrainableConfig(vision=Mode.full, projector=Mode.full, language=Mode.full))
-    model = module.model
-    modules = dict(model.named_modules())
-    tower = [modules[p] for p in component_prefixes(model)["vision"] if p in modules]
-    order = []
-    handles = [model.get_input_embeddings().register_forward_pre_hook(lambda *_: order.append("text"))]
-    handles += [m.register_forward_pre_hook(lambda *_: order.append("images")) for m in tower]
-
-    def first_of(batch) -> str:
-        order.clear()
-        with torch.no_grad():
-            module.group_losses(batch)
-        return next(x for x in order if x in ("text", "images"))
-
-    real = first_of(collate([record("i", "<image>\nQ?", "A.", [png(tmp_path / "a.png")])]))
-    for h in handles:  # the probe's own hooks only
-        h.remove()
-    images_first = images_before_embeddings(model, one_image_sample(load_processor(arch), model))
-    assert images_first == (real == "images")
-    module.sharded = True
-    module.vision_dummy = VisionDummy(vision_dummy_inputs(load_processor(arch), model), full_tower=True, images_first=images_first)
-    handles = [model.get_input_embeddings().register_forward_pre_hook(lambda *_: order.append("text"))]
-    handles += [m.register_forward_pre_hook(lambda *_: order.append("images")) for m in tower]
-    assert first_of(collate([record("t", "Q?", "A.")])) == real
