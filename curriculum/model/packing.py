@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from curriculum.data.packing import UNPACKABLE
+from curriculum.data.packing import PER_TOKEN, UNPACKABLE
 
 
 def rope_index_model(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -29,7 +29,7 @@ def packing_refusal(model: torch.nn.Module, sample: dict) -> str | None:
     if not hasattr(model, "get_image_features"):
         return f"{name}'s language model reads images through cross-attention layers masked per padded row"
     # Token types set bidirectional image attention, except where they only place the mRoPE positions.
-    keys = [k for k in (*UNPACKABLE, "token_type_ids", "mm_token_type_ids") if k in sample]
+    keys = [k for k in (*UNPACKABLE, *PER_TOKEN) if k in sample]
     if rope_index_model(model) is not None:
         keys = [k for k in keys if k != "mm_token_type_ids"]
     if keys:

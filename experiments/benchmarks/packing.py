@@ -42,6 +42,7 @@ from curriculum.config import Mode, ModelConfig, OptimConfig, RunConfig, Schedul
 from curriculum.data.collate import Collator  # noqa: E402
 from curriculum.model.load import load_model, load_processor, resolve_model_path  # noqa: E402
 from curriculum.model.module import VLMModule  # noqa: E402
+from curriculum.model.step_metrics import real_tokens  # noqa: E402
 from curriculum.schedule.stages import compile_schedule  # noqa: E402
 from curriculum.schedule.stream import CurriculumStream  # noqa: E402
 
@@ -159,11 +160,15 @@ def draws(table: list[dict], lengths: np.ndarray, layout: dict, args) -> list[li
     return [[table[i] for i in order[k : k + args.micro]] for k in range(0, len(order), args.micro)]
 
 
-def measure(path: str, table: list[dict], args) -> list[list]:
+def sample_lengths(processor, table: list[dict]) -> np.ndarray:
+    """Each record's tokens as training sees them (images expanded)."""
+    padded = Collator(processor, GROUPS, 4096, "error")
+    return np.array([int(padded([r])["attention_mask"].sum()) for r in table])
+
+
+def measure(path: str, table: list[dict], lengths: np.ndarray, args) -> list[list]:
     """Per layout: padding fraction, real tokens/s and the ratio to draw order, for one model."""
     processor = load_processor(path)
-    padded = Collator(processor, GROUPS, 4096, "error")
-    lengths = np.array([int(padded([r])["attention_mask"].sum()) for r in table])
     out, base = [], None
     for name, layout in LAYOUTS.items():
         torch.manual_seed(0)
@@ -181,7 +186,7 @@ def measure(path: str, table: list[dict], args) -> list[list]:
             if (k + 1) % args.accumulate == 0:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            real += int((batch["sample_index"] >= 0).sum()) if "sample_index" in batch else int(batch["attention_mask"].sum())
+            real += int(real_tokens(batch))
             computed += batch["input_ids"].numel()
             # SDPA with a mask scores every query against every key of its row, masked or not.
             pairs += batch["input_ids"].shape[0] * batch["input_ids"].shape[1] ** 2
@@ -193,10 +198,8 @@ def measure(path: str, table: list[dict], args) -> list[list]:
     return out
 
 
-def varlen_pairs(path: str, table: list[dict], args) -> int:
+def varlen_pairs(table: list[dict], lengths: np.ndarray, args) -> int:
     """Query-key pairs of the drawn samples each attending to itself only (FlashAttention-2's varlen kernel)."""
-    padded = Collator(load_processor(path), GROUPS, 4096, "error")
-    lengths = np.array([int(padded([r])["attention_mask"].sum()) for r in table])
     drawn = [r for mb in draws(table, lengths, LAYOUTS["draw order"], args) for r in mb]
     return int(sum(lengths[int(r["id"][1:])] ** 2 for r in drawn))
 
@@ -222,8 +225,9 @@ def main() -> None:
         path = builders[family](args.cache, args.hidden, args.layers)
         params = sum(p.numel() for p in load_model(ModelConfig(name_or_path=path), path).parameters()) / 1e6
         print(f"\n{family}-shaped, {params:.0f}M parameters ({json.dumps({'hidden': args.hidden, 'layers': args.layers})})")
-        rows = measure(path, table, args)
-        print(f"attention a varlen kernel computes (the sum over samples of their length squared): {varlen_pairs(path, table, args) / 1e6:,.0f}M")
+        lengths = sample_lengths(load_processor(path), table)
+        rows = measure(path, table, lengths, args)
+        print(f"attention a varlen kernel computes (the sum over samples of their length squared): {varlen_pairs(table, lengths, args) / 1e6:,.0f}M")
         print(markdown_table(["layout", "padding", "real tokens", "computed tokens", "attention scores", "real tokens/s", "vs draw order"], rows))
 
 
