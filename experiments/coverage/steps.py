@@ -1,0 +1,41 @@
+"""Single steps of the coverage sweep, each run in its own subprocess by run.py.
+
+    steps.py load <model folder>        # curriculum's loader: processor (with its checks) + model
+    steps.py generate <export folder>   # from_pretrained of an export, then generate on one image + text prompt
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+
+def load(path: str) -> None:
+    from curriculum.config.run import ModelConfig
+    from curriculum.model.load import load_model, load_processor
+
+    processor = load_processor(path)
+    model = load_model(ModelConfig(name_or_path=path), path)
+    print(f"loaded {type(model).__name__} and {type(processor).__name__}")
+
+
+def generate(path: str) -> None:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from build import encode  # the same image + text prompt as the build's self-check
+
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path)
+    print("EXPORT_LOADED", flush=True)
+    batch = dict(encode(processor, True, generation=True))
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False)
+    new = out[0, batch["input_ids"].shape[1]:]
+    print(f"generated {len(new)} tokens: {processor.tokenizer.decode(new)!r}")
+
+
+if __name__ == "__main__":
+    {"load": load, "generate": generate}[sys.argv[1]](sys.argv[2])
