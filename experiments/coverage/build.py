@@ -32,7 +32,11 @@ import torch
 
 WIDTH, FFN, LAYERS, HEADS, EXPERTS, TOPK = 64, 128, 2, 2, 4, 2
 # A few per-type settings that generic shrinking cannot find (keep this short).
-OVERRIDES: dict[str, dict] = {}
+OVERRIDES: dict[str, dict] = {
+    "molmo2": {"patches": 10},
+    # the pixel-shuffle adapter's input is hidden / ratio² = 4 x 64, read from the vision FFN width
+    "llama4": {"set": {"vision_config.intermediate_size": 4 * WIDTH}},  # overlapping crops need more than 2 x overlap_margins (4) patches a side
+}
 
 GENERIC_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
@@ -46,7 +50,7 @@ GENERIC_TEMPLATE = (
 LAYER_KEYS = re.compile(r"^(num_hidden_layers|num_layers|depth|n_layers?|encoder_layers|decoder_layers|num_encoder_layers|"
                         r"num_decoder_layers|\w+_num_layers|num_\w+_layers|\w+_depth)$")
 WIDTH_KEYS = re.compile(r"^(hidden_size|d_model|embed_dim|n_embd|hidden_dim|\w+_hidden_size|\w+_embed_dim|projection_dim|proj_dim|"
-                        r"\w+_hidden_dim|out_hidden_size|vision_output_dim|output_dim|\w+_output_dim|d_kv_latent)$")
+                        r"\w+_hidden_dim|out_hidden_size|vision_output_dim|output_dim|\w+_output_dim|\w+_input_dim|d_kv_latent)$")
 FFN_KEYS = re.compile(r"^(intermediate_size|ffn_dim|mlp_dim|n_inner|\w+_intermediate_size|\w+_ffn_dim|encoder_ffn_dim|decoder_ffn_dim)$")
 HEAD_KEYS = re.compile(r"^(num_attention_heads|num_heads|n_heads?|encoder_attention_heads|decoder_attention_heads|"
                        r"num_key_value_heads|n_kv_heads|num_kv_heads|\w+_num_heads|\w+_attention_heads)$")
@@ -94,6 +98,7 @@ def shrink(config, vocab: int, image_size_for) -> list[str]:
     changed = []
     nodes = [("", config), *sub_configs(config)]
     mrope_default = _mrope_default(config)
+    original = {(name, k): v for name, node in nodes for k, v in vars(node).items() if k == "hidden_size"}
     for name, node in nodes:
         kind = (getattr(node, "model_type", "") or "") + " " + name
         is_vision = bool(re.search(r"vision|visual|vit|image|siglip|clip|vq|encoder", kind)) and "text" not in kind
@@ -115,7 +120,10 @@ def shrink(config, vocab: int, image_size_for) -> list[str]:
                 elif HEAD_KEYS.match(key) and value > HEADS:
                     new = HEADS
                 elif FFN_KEYS.match(key) and value > FFN:
-                    new = FFN
+                    # keep an integer FFN/width ratio (Llama 4's vision adapter reads the FFN width as 4 x hidden)
+                    width = attrs.get("hidden_size") if isinstance(attrs.get("hidden_size"), int) else None
+                    width = original.get((name, "hidden_size"), width)
+                    new = WIDTH * (value // width) if width and value % width == 0 and value // width <= 8 else FFN
                 elif WIDTH_KEYS.match(key) and value > WIDTH:
                     new = WIDTH
                 elif key == "head_dim" and value:
@@ -132,6 +140,13 @@ def shrink(config, vocab: int, image_size_for) -> list[str]:
                     new = 1
                 elif key in ("first_k_dense_replace",) and value > 1:
                     new = 1
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                if re.match(r"^(depths|\w*num_layers|\w*layers_per_stage)$", key) or LAYER_KEYS.match(key):
+                    new = type(value)(min(v, 1) for v in value)
+                elif re.match(r"^(\w*num_heads|\w*attention_heads)$", key):
+                    new = type(value)(min(v, HEADS) for v in value)
+                elif WIDTH_KEYS.match(key) or re.match(r"^(\w*embed_dims?|\w*hidden_sizes|\w*channels)$", key):
+                    new = type(value)(min(v, WIDTH) for v in value)
             if key == "vocab_size" and isinstance(value, int) and not is_vision and not is_audio:
                 new = vocab
             if key == "image_size" and is_vision and isinstance(value, int):
@@ -139,6 +154,10 @@ def shrink(config, vocab: int, image_size_for) -> list[str]:
             if key == "image_size" and is_vision and isinstance(value, (list, tuple)) and len(value) == 2:
                 s = image_size_for(node)
                 new = type(value)([s, s])
+            if key in ("num_position_embeddings", "num_positions") and is_vision and isinstance(value, int):
+                patch = getattr(node, "patch_size", None)
+                if isinstance(patch, int):
+                    new = (image_size_for(node) // patch) ** 2 + (value - round(value ** 0.5) ** 2)  # keeps a CLS position
             if new != value:
                 setattr(node, key, new)
                 changed.append(f"{name or 'config'}.{key}: {value} -> {new}")
@@ -149,7 +168,8 @@ def shrink(config, vocab: int, image_size_for) -> list[str]:
                 rope["mrope_section"] = list(mrope_default)
             if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list):
                 head_dim = attrs.get("head_dim") or (attrs.get("hidden_size", WIDTH) // max(1, attrs.get("num_attention_heads", HEADS)))
-                rope["mrope_section"] = _scale_section(rope["mrope_section"], head_dim // 2)
+                partial = rope.get("partial_rotary_factor") or attrs.get("partial_rotary_factor") or 1.0
+                rope["mrope_section"] = _scale_section(rope["mrope_section"], int(head_dim * partial) // 2)
                 changed.append(f"{name or 'config'}.{rope_key}.mrope_section -> {rope['mrope_section']}")
     # lists that follow the layer count, and layer indexes
     for name, node in nodes:
@@ -176,11 +196,14 @@ def shrink(config, vocab: int, image_size_for) -> list[str]:
     return changed
 
 
+PATCHES = 4  # patches a side of the small image (OVERRIDES[type]["patches"] changes it)
+
+
 def small_image_size(node) -> int:
     patch = getattr(node, "patch_size", None) or 14
     if isinstance(patch, (list, tuple)):
         patch = patch[0]
-    return patch * 4
+    return patch * PATCHES
 
 
 def shrink_image_processor(proc, side: int) -> None:
@@ -214,6 +237,21 @@ def shrink_image_processor(proc, side: int) -> None:
             setattr(proc, key, min(value, 2) if key != "max_num_patches" else min(value, 64))
         elif key == "image_grid_pinpoints" and isinstance(value, list):
             setattr(proc, key, [[side, side], [side, 2 * side], [2 * side, side]])
+
+
+def follow_vision(proc, vision, side: int) -> None:
+    """Patch and merge sizes of an image/video processor as the vision config has them; a missing image_seq_length
+    set to the image's patch count divided by the merge."""
+    if vision is None:
+        return
+    patch = getattr(vision, "patch_size", None)
+    merge = getattr(vision, "spatial_merge_size", None) or getattr(vision, "merge_size", None)
+    for key, value in (("patch_size", patch), ("temporal_patch_size", getattr(vision, "temporal_patch_size", None)),
+                       ("merge_size", merge), ("spatial_merge_size", merge)):
+        if value is not None and hasattr(proc, key) and not isinstance(getattr(proc, key), dict):
+            setattr(proc, key, value)
+    if getattr(proc, "image_seq_length", None) is None:  # a first guess; calibrate() corrects it from the model's error
+        proc.image_seq_length = (side // patch) ** 2 // ((merge or 1) ** 2) if isinstance(patch, int) else 1
 
 
 def _class(name: str):
@@ -280,7 +318,7 @@ def make_tokenizer(processor_cls):
     return tok, literals
 
 
-def build_sub_processors(model_type: str, processor_cls, side: int) -> dict:
+def build_sub_processors(model_type: str, processor_cls, side: int, vision=None) -> dict:
     from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING_NAMES
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
@@ -299,6 +337,7 @@ def build_sub_processors(model_type: str, processor_cls, side: int) -> dict:
         sub = cls()
         if attr in ("image_processor", "video_processor"):
             shrink_image_processor(sub, side)
+            follow_vision(sub, vision, side)
         parts[attr] = sub
     return parts
 
@@ -335,6 +374,15 @@ def fill_processor_kwargs(processor_cls, config, side: int) -> dict[str, list]:
         elif name == "spatial_merge_size":
             cands[name] = [getattr(vision, "spatial_merge_size", None) or p.default]
     return cands
+
+
+def placeholders_of(processor) -> list[str]:
+    """Image placeholders to try in the template: the processor's image token, its other image-ish tokens, `<image>`,
+    and nothing (processors that insert the image tokens themselves)."""
+    named = [v for k, v in vars(processor).items() if k.endswith("_token") and isinstance(v, str) and v]
+    imageish = [v for k, v in vars(processor).items() if k.endswith("_token") and isinstance(v, str) and re.search(r"im(age|g)|vision|visual", k + v, re.I)]
+    first = [processor.image_token] if isinstance(getattr(processor, "image_token", None), str) else []
+    return list(dict.fromkeys([*first, *imageish, "<image>", ""]))[:6] + [n for n in named if n not in imageish][:0]
 
 
 def generic_template(placeholder: str) -> str:
@@ -375,24 +423,52 @@ def encode(processor, with_image: bool, generation: bool = False):
     raise last
 
 
+def as_model_dtype(batch: dict, model) -> dict:
+    """Floating inputs in the model's dtype (Llama 4's image processor returns bfloat16), as a user's pipeline casts them."""
+    return {k: v.to(model.dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+
+
 def self_check(model, processor) -> None:
     model.eval()
     for with_image in (True, False):
-        batch = dict(encode(processor, with_image))
+        batch = as_model_dtype(dict(encode(processor, with_image)), model)
         batch.pop("labels", None)
         out = model(**batch, labels=batch["input_ids"])
         if out.loss is None or not torch.isfinite(out.loss):
             raise RuntimeError(f"loss is {out.loss} ({'image' if with_image else 'text-only'})")
-    batch = dict(encode(processor, True, generation=True))
+    batch = as_model_dtype(dict(encode(processor, True, generation=True)), model)
     model.generate(**batch, max_new_tokens=2, do_sample=False)
 
 
-def set_token_ids(config, processor, tokenizer) -> None:
+SEQ_ATTR = re.compile(r"seq_len|seq_length|num_image_tokens|tokens_per_image|image_seq")
+
+
+def calibrate(processor, message: str) -> bool:
+    """After "tokens: X, features: Y" from the model: set the processor's image sequence length to what the model makes."""
+    m = re.search(r"tokens:? (\d+),? features:? (\d+)", message)
+    if not m:
+        return False
+    tokens, features = int(m.group(1)), int(m.group(2))
+    done = False
+    for obj in (processor, getattr(processor, "image_processor", None)):
+        for key in dir(obj) if obj is not None else []:
+            value = getattr(obj, key, None)
+            if SEQ_ATTR.search(key) and isinstance(value, int) and not isinstance(value, bool) and value == tokens and features:
+                setattr(obj, key, features)
+                done = True
+    return done
+
+
+def norm(name: str) -> str:
+    return re.sub(r"image", "im", re.sub(r"[<>|\[\]]", "", name).lower()).removesuffix("_token")
+
+
+def set_token_ids(config, processor, tokenizer, literals=()) -> None:
     """Point the config's *_token_id / *_token_index keys at the processor's / tokenizer's tokens (or fresh ones)."""
     vocab = len(tokenizer)
     for _, node in [("", config), *sub_configs(config)]:
         for key, value in list(vars(node).items()):
-            m = re.match(r"^(\w+?)_token_(id|index)$", key)
+            m = re.match(r"^(\w+?)(?:_token)?_(id|index)$", key)
             if not m or key in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id", "unk_token_id"):
                 continue
             stem = m.group(1)
@@ -401,6 +477,8 @@ def set_token_ids(config, processor, tokenizer) -> None:
                 token = getattr(processor, f"{stem}_token", None) or getattr(tokenizer, f"{stem}_token", None)
                 if isinstance(token, str):
                     tid = tokenizer.convert_tokens_to_ids(token)
+            if tid is None:  # a literal of the processor's module named like the key (image_patch_id -> <im_patch>)
+                tid = next((tokenizer.convert_tokens_to_ids(lit) for lit in literals if norm(lit) == norm(stem)), None)
             if isinstance(tid, int) and 0 <= tid < vocab:
                 setattr(node, key, tid)
             elif isinstance(value, int) and value >= vocab:
@@ -430,14 +508,23 @@ def build(model_type: str, out: str, info: dict) -> dict:
     tokenizer, literals = make_tokenizer(processor_cls)
     info["added_tokens"] = literals
 
+    global PATCHES
+    PATCHES = OVERRIDES.get(model_type, {}).get("patches", PATCHES)
     config = AutoConfig.for_model(model_type, **OVERRIDES.get(model_type, {}).get("config", {}))
     vision = getattr(config, "vision_config", None)
     side = small_image_size(vision) if vision is not None else 32
     info["changed"] = shrink(config, len(tokenizer), small_image_size)
+    for dotted, value in OVERRIDES.get(model_type, {}).get("set", {}).items():
+        *path, key = dotted.split(".")
+        node = config
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, key, value)
+        info["changed"].append(f"{dotted} -> {value} (override)")
     if vision is not None and isinstance(getattr(vision, "image_size", None), int):
         side = vision.image_size
     info["image_side"] = side
-    parts = build_sub_processors(model_type, processor_cls, side)
+    parts = build_sub_processors(model_type, processor_cls, side, vision)
     cands = fill_processor_kwargs(processor_cls, config, side)
 
     # Placeholders to try in the template: the processor's own image-ish token attributes, then "<image>".
@@ -456,18 +543,21 @@ def build(model_type: str, out: str, info: dict) -> dict:
         if model is None:
             # the processor may add tokens (PaliGemma's loc/seg): size the vocabulary after it
             shrink(config, len(tok), small_image_size)
-            set_token_ids(config, processor, tok)
+            set_token_ids(config, processor, tok, literals)
             try:
-                model = AutoModelForImageTextToText.from_config(config)
+                model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
             except Exception as e:  # noqa: BLE001
                 raise BuilderGap(f"model from the shrunk config: {type(e).__name__}: {first_line(e)}") from e
-        placeholders = [getattr(processor, a) for a in ("image_token", "boi_token", "start_image_token", "image_start_token")
-                        if isinstance(getattr(processor, a, None), str)]
-        for placeholder in dict.fromkeys([*placeholders, "<image>"]):
+        for placeholder in placeholders_of(processor):
             tried += 1
             processor.chat_template = generic_template(placeholder)
             try:
-                self_check(model, processor)
+                try:
+                    self_check(model, processor)
+                except Exception as e:  # noqa: BLE001
+                    if not calibrate(processor, str(e)):
+                        raise
+                    self_check(model, processor)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"{kwargs} placeholder {placeholder!r}: {type(e).__name__}: {first_line(e)}")
                 info["last_traceback"] = traceback.format_exc()[-3000:]

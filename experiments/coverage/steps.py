@@ -25,12 +25,12 @@ def generate(path: str) -> None:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from build import encode  # the same image + text prompt as the build's self-check
+    from build import as_model_dtype, encode  # the same image + text prompt as the build's self-check
 
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     print("EXPORT_LOADED", flush=True)
-    batch = dict(encode(processor, True, generation=True))
+    batch = as_model_dtype(dict(encode(processor, True, generation=True)), model)
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     new = out[0, batch["input_ids"].shape[1]:]
