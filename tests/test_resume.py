@@ -17,6 +17,8 @@ from conftest import REPO, png, read_json, run_cli
 from lightning_fabric.plugins.io import torch_io
 
 from curriculum.run.checkpoints import AtomicCheckpointIO
+from curriculum.run.trackers import LEDGER
+from test_trackers import mlflow_client, mlflow_matches_csv
 
 ARGS = [
     "schedule.stages.align.steps=4", "schedule.stages.blend.steps=8", "data.micro_batch_size=4",
@@ -75,7 +77,8 @@ def test_a_run_stopped_early_then_killed_at_every_kind_of_point_resumes_to_ident
     a SIGKILL at any point loses nothing: right after a stage's checkpoint, inside a step's
     accumulation, with a half-written last.ckpt.tmp left behind, well inside a stage. One chain keeps the
     suite fast; the first resume finds the run with resume=latest, and TensorBoard holds each
-    step once, with the CSV's value (the killed processes' later events are purged).
+    step once, with the CSV's value (the killed processes' later events are purged), as does the run's one
+    MLflow run (the resumed processes skip the steps the killed ones sent).
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -83,7 +86,7 @@ def test_a_run_stopped_early_then_killed_at_every_kind_of_point_resumes_to_ident
     run = root / "2026-01-01" / "00-00-00"
     checkpoints = run / "checkpoints"
     ckpt_tmp = checkpoints / "last.ckpt.tmp"
-    first = ["logger=tensorboard", f"paths.output_root={root}", f"hydra.run.dir={run}"]
+    first = ["logger=tensorboard", "logger.tracker=mlflow", f"paths.output_root={root}", f"hydra.run.dir={run}"]
     run_cli("train", *ARGS, *first, "trainer.max_steps=3")
     assert read_json(run / "status.json")["status"] == "completed" and len(rows(run)) < len(reference)
     kills = [
@@ -114,6 +117,10 @@ def test_a_run_stopped_early_then_killed_at_every_kind_of_point_resumes_to_ident
         expected = [(int(r["step"]), float(r[key])) for r in reference if r[key]]
         assert [s for s, _ in logged] == [s for s, _ in expected], key
         assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-6), key
+    client = mlflow_client(root)
+    (tracked,) = client.search_runs([client.get_experiment_by_name("curriculum").experiment_id])
+    assert tracked.info.run_id == read_json(run / LEDGER)["run_id"] and tracked.info.status == "FINISHED"
+    mlflow_matches_csv(client, tracked.info.run_id, run)
 
 
 @pytest.mark.slow

@@ -23,12 +23,15 @@ def _task(cfg: RunConfig, run_dir: str, overrides: list[str]) -> None:
     # The training stack is imported only for a run that starts: config errors and refused resumes answer fast.
     from curriculum.run.recipe import train
 
-    train(cfg, run_dir, overrides)
+    train(cfg, run_dir, overrides, on_end=_report)
     if process_rank() == 0:
-        from curriculum.report.runs import write_run_report
-
-        logging.getLogger("curriculum").info("report: %s", write_run_report(run_dir))
         print(f"run folder: {run_dir}")
+
+
+def _report(run_dir: str) -> None:
+    from curriculum.report.runs import write_run_report
+
+    logging.getLogger("curriculum").info("report: %s", write_run_report(run_dir))
 
 
 def check_launcher(args: list[str]) -> None:

@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from curriculum.config.common import COMPONENTS, ConfigError, Mode, OnInvalid, positive
 from curriculum.config.schedule import ScheduleConfig, StageConfig, check_scheduler
+from curriculum.config.search import SearchConfig
 
 
 @dataclass
@@ -237,16 +238,39 @@ class TrainerConfig:
             raise ConfigError(f"trainer.val_every_n_steps={self.val_every_n_steps} is not allowed: use 0 or more.")
 
 
+# tracker: (packages it needs, how to install them).
+TRACKERS = {
+    None: ((), ""),
+    "mlflow": (("mlflow", "sqlalchemy", "alembic"), "pip install 'curriculum[mlflow]' (mlflow-skinny, sqlalchemy, alembic)"),
+    "wandb": (("wandb",), "pip install 'curriculum[wandb]' (wandb)"),
+}
+
+
 @dataclass
 class LoggerConfig:
     csv: bool = True
     tensorboard: bool = False
     # Write the ids of the samples each rank trains on to sample_ids/rank<r>.jsonl (audits data order).
     sample_ids: bool = False
+    # A tracker that also gets the config, every metrics.csv column per step and the run's files: mlflow | wandb | null.
+    tracker: Optional[str] = None
+    # mlflow: where runs go; null = sqlite:///<paths.output_root>/mlflow.db (a local store beside the run folders).
+    tracking_uri: Optional[str] = None
+    # MLflow experiment / W&B project.
+    project: str = "curriculum"
+    # wandb: the team or user; null = the logged-in user's default.
+    entity: Optional[str] = None
+    # wandb: true = offline files only (`wandb sync` later); null = offline unless logged in (WANDB_API_KEY or `wandb login`).
+    offline: Optional[bool] = None
 
     def check(self) -> None:
         if self.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
             raise ConfigError("logger.tensorboard=true needs the tensorboard package: pip install tensorboard.")
+        if self.tracker not in TRACKERS:
+            raise ConfigError(f"logger.tracker={self.tracker} is not allowed: use mlflow, wandb or null.")
+        for module in TRACKERS[self.tracker][0]:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"logger.tracker={self.tracker} needs the {module} package: {TRACKERS[self.tracker][1]}.")
 
 
 @dataclass
@@ -318,9 +342,11 @@ class RunConfig:
     # curriculum-plan: show this many samples of each group as the model will be trained on them.
     inspect: int = 0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def check(self) -> None:
-        for part in (self.data, self.model, self.optim, self.trainer, self.logger, self.export, self.eval, self.checkpoint, self.schedule):
+        for part in (self.data, self.model, self.optim, self.trainer, self.logger, self.export, self.eval, self.checkpoint, self.schedule,
+                     self.search):
             part.check()
         trained = self.trained_modes()
         lora = [c for c in COMPONENTS if getattr(trained, c) is Mode.lora]

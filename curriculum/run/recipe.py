@@ -8,10 +8,12 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
 
 from curriculum.atomic import write_json
 from curriculum.config import ConfigError, RunConfig, device_count
@@ -31,6 +33,7 @@ from curriculum.run.export import export_dir, export_model
 from curriculum.run.metrics_log import RunCSVLogger
 from curriculum.run.resume import RUN_CONFIG, Resume, checked_data, preflight
 from curriculum.run.resume import record as record_resume
+from curriculum.run.trackers import Tracker, build_trackers, sweep_folder
 from curriculum.schedule.plan import build_plan, plot_plan, write_plan
 from curriculum.schedule.stream import CurriculumStream, build_stream
 
@@ -113,10 +116,10 @@ def _probe_records(bundle: DataBundle) -> list[dict]:
     return [bundle.train[int(rows[0])] for rows in bundle.train.group_indices().values() if len(rows)]
 
 
-def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int | None = None) -> pl.Trainer:
-    """A Lightning Trainer writing metrics.csv and checkpoints into the run folder."""
+def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int | None = None, trackers: list | None = None) -> pl.Trainer:
+    """A Lightning Trainer writing metrics.csv and checkpoints into the run folder (and rows to `trackers`)."""
     t = cfg.trainer
-    loggers = []
+    loggers = list(trackers or [])
     if cfg.logger.csv:
         loggers.append(RunCSVLogger(run_dir, resume_step))
     if cfg.logger.tensorboard:
@@ -177,6 +180,18 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         default_root_dir=run_dir,
         deterministic=t.deterministic,
     )
+
+
+def flat_config(cfg: RunConfig) -> dict:
+    """The resolved config as {dotted key: value}, the keys overrides use (e.g. schedule.stages.blend.mix.text_only)."""
+    def flat(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict) and v:
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    return dict(flat(OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)))
 
 
 def generation_eval(cfg: RunConfig, parts: Parts) -> dict:
@@ -251,16 +266,29 @@ def cpu_threads(cfg: RunConfig) -> tuple[int, str]:
     return threads, f"{cores} usable core(s) / {processes} process(es) on this node - {workers} DataLoader worker(s); trainer.threads overrides"
 
 
-def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None) -> str:
-    """Run (or, with cfg.resume, continue) a training job in `run_dir` and return the run folder."""
+def train(cfg: RunConfig, run_dir: str, overrides: list[str] | None = None, on_end: Callable[[str], None] | None = None) -> str:
+    """Run (or, with cfg.resume, continue) a training job in `run_dir` and return the run folder.
+
+    `on_end(run_dir)` runs on rank 0 after training, before the run's files go to its tracker (the CLI writes report.png).
+    """
+    trackers: list[Tracker] = []
     try:
-        return _train(cfg, run_dir, overrides)
+        _train(cfg, run_dir, overrides, trackers)
+        if rank_zero_only.rank == 0 and on_end is not None:
+            on_end(run_dir)
+    except BaseException:
+        for tracker in trackers:
+            tracker.close("failed")
+        raise
     finally:
         # A sweep's next job runs in this process: the folder is free for a resume once its job ended.
         run_lock.release(run_dir)
+    for tracker in trackers:
+        tracker.close("success")
+    return run_dir
 
 
-def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
+def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None, trackers: list[Tracker]) -> str:
     # The command's pre-flight when it ran one in this process (rank 0); DDP's other processes check here.
     resumed = preflight(cfg.resume, run_dir, overrides or []) if cfg.resume else None
     if resumed and resumed.checkpoint is None:
@@ -274,7 +302,10 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None) -> str:
     log.info("intra-op CPU threads: %d (%s)", threads, why)
     pl.seed_everything(cfg.seed, workers=True)
     parts = build_parts(cfg, run_dir, resumed)
-    trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None)
+    trackers += build_trackers(cfg, run_dir, resumed.step if resumed else None, sweep_folder(cfg, run_dir))
+    trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None, trackers)
+    for tracker in trackers:
+        tracker.log_hyperparams(flat_config(cfg))
     if trainer.is_global_zero:
         note = run_lock.acquire(run_dir)  # held already when a resume took it before Hydra started
         if note:

@@ -25,7 +25,7 @@ RUN_CONFIG = "run_config.yaml"
 CONFIG_GROUPS = {"data", "model", "model/peft", "optim", "trainer", "logger", "schedule", "hydra", "experiment"}
 # Keys that never change what the run has already done.
 # (data.check_images may change: the data digest check refuses a resume whose records it changes.)
-FREE = ("logger.", "checkpoint.", "export.", "eval.", "paths.", "data.num_workers", "data.val_micro_batch_size", "data.check_images",
+FREE = ("logger.", "checkpoint.", "export.", "eval.", "paths.", "search.", "data.num_workers", "data.val_micro_batch_size", "data.check_images",
         "trainer.enable_progress_bar", "trainer.val_every_n_steps", "trainer.limit_val_batches", "trainer.max_steps",
         "trainer.deterministic", "trainer.threads", "model.gradient_checkpointing")
 # Keys that may change as long as the global batch (micro batch x ranks x accumulation) stays the same.
