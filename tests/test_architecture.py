@@ -4,7 +4,7 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "curriculum"
-ORDER = ["config", "data", "schedule", "model", "run", "report", "cli"]
+ORDER = ["config", "data", "schedule", "model", "run", "search", "report", "cli"]
 # Small helpers any room may use; they import no room themselves.
 BASE = {"atomic", "progress_lines", "conf_path"}
 

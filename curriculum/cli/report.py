@@ -13,9 +13,10 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from curriculum.report.runs import read_overrides, write_run_report
+from curriculum.report.searches import is_search, load, trial_rows, write_search_report
 from curriculum.report.sweeps import MIN_SEEDS, aggregate, differing_overrides, few_seeds, format_cell, job_dirs, summarize, write_summary
 
-STATUS_STYLE = {"completed": "green", "failed": "red", "running": "yellow"}
+STATUS_STYLE = {"completed": "green", "failed": "red", "running": "yellow", "pruned": "blue", "interrupted": "magenta"}
 
 
 def summary_table(rows: list[dict], overrides: list[list[str]], compact: bool = False) -> Table:
@@ -108,18 +109,42 @@ def report_multirun(folder: str, console: Console) -> None:
         console.print(f"{name}: {path}", highlight=False, soft_wrap=True)
 
 
+def report_search(folder: str, console: Console) -> None:
+    """Write trials.csv/.md and search.png; print the trials table and the best configuration."""
+    text = write_search_report(folder)
+    study, settings = load(folder)
+    rows = trial_rows(study, settings)
+    table = Table(title=f"search: {len(rows)} trials", box=box.SIMPLE_HEAVY)
+    for c in rows[0] if rows else ["trial"]:
+        table.add_column(c.split(".")[-1] if c in settings["space"] else c, justify="left" if c in ("state", "reason") else "right",
+                         overflow="fold")
+    for r in rows:
+        table.add_row(*[f"[{STATUS_STYLE.get(v, 'white')}]{v}[/]" if k == "state" else format_cell(v) for k, v in r.items()])
+    if not console.is_terminal:  # a log file or pipe: no need to fold the table to 80 columns
+        console.width = max(console.width, Measurement.get(console, console.options.update(max_width=240), table).maximum)
+    console.print(table)
+    console.print(text, highlight=False, soft_wrap=True)
+    for name in ("trials.csv", "trials.md", "search.png"):
+        console.print(f"{name.split('.')[0] if name != 'trials.md' else 'table'}: {os.path.join(folder, name)}", highlight=False,
+                      soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console script entry point."""
     parser = argparse.ArgumentParser(
         prog="curriculum-report",
-        description="Plot a run folder (report.png) or summarise a Hydra multirun folder (runs.csv/.png, seed-aggregated summary.csv/.md/.png).",
+        description="Plot a run folder (report.png), summarise a Hydra multirun folder (runs.csv/.png, seed-aggregated "
+        "summary.csv/.md/.png) or a search folder (trials.csv/.md, search.png, the best configuration).",
     )
-    parser.add_argument("folder", help="a run folder (has metrics.csv) or a multirun folder (has job folders 0/, 1/, ...)")
+    parser.add_argument("folder", help="a run folder (has metrics.csv), a multirun folder (has job folders 0/, 1/, ...) or a search "
+                        "folder (has search.db)")
     args = parser.parse_args(argv)
     folder = args.folder
     console = Console()
     if os.path.isfile(os.path.join(folder, "metrics.csv")):
         console.print(f"report: {write_run_report(folder)}", highlight=False, soft_wrap=True)
+    elif is_search(folder):
+        report_search(folder, console)
     elif os.path.isdir(folder) and job_dirs(folder):
         report_multirun(folder, console)
     else:

@@ -375,6 +375,8 @@ class RunConfig:
                 "export.mode=merged is not supported with trainer.strategy=fsdp: export the adapter (export.mode=adapter) and merge "
                 "it with PEFT's merge_and_unload on one process."
             )
+        if self.search.trial is not None and not (self.search.dir and self.logger.csv):
+            raise ConfigError("search.trial is set by curriculum-search, with search.dir and logger.csv=true (the objective is read from metrics.csv).")
         if self.export.mode == "merged" and self.model.peft is None:
             raise ConfigError("export.mode=merged needs model/peft=lora: there is no adapter to merge.")
 

@@ -72,6 +72,8 @@ class VLMModule(pl.LightningModule):
         self.probe_batch: dict | None = None
         # (supervised tokens, micro-batches with images) of the step over all ranks, read before the optimizer step.
         self._step_totals: tuple[float, float] | None = None
+        # (step, metrics) of the last validation, on every rank (a schedule search reports it).
+        self.last_validation: tuple[int, dict] | None = None
 
     @property
     def skipped_total(self) -> float:
@@ -296,6 +298,7 @@ class VLMModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             # Logged at the step whose training preceded this validation, before any checkpoint of it.
             self.write_metrics(metrics, self.global_step - 1)
+            self.last_validation = (self.global_step - 1, metrics)
 
     def _reduce(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device)

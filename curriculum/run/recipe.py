@@ -30,7 +30,10 @@ from curriculum.run.checkpoints import AtomicCheckpointIO, RunCheckpoints, Shard
 from curriculum.run.datamodule import CurriculumDataModule
 from curriculum.run.evaluate import EvalSettings, Evaluator, eval_metrics, eval_records, write_eval
 from curriculum.run.export import export_dir, export_model
+from curriculum.run.metrics_file import FILE as METRICS
+from curriculum.run.metrics_file import read_rows
 from curriculum.run.metrics_log import RunCSVLogger
+from curriculum.run.objective import TrialReport, write_objective
 from curriculum.run.resume import RUN_CONFIG, Resume, checked_data, preflight
 from curriculum.run.resume import record as record_resume
 from curriculum.run.trackers import Tracker, build_trackers, sweep_folder
@@ -116,8 +119,10 @@ def _probe_records(bundle: DataBundle) -> list[dict]:
     return [bundle.train[int(rows[0])] for rows in bundle.train.group_indices().values() if len(rows)]
 
 
-def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int | None = None, trackers: list | None = None) -> pl.Trainer:
-    """A Lightning Trainer writing metrics.csv and checkpoints into the run folder (and rows to `trackers`)."""
+def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int | None = None, trackers: list | None = None,
+                  trial: TrialReport | None = None) -> pl.Trainer:
+    """A Lightning Trainer writing metrics.csv and checkpoints into the run folder (and rows to `trackers`; validations to a
+    search's `trial`)."""
     t = cfg.trainer
     loggers = list(trackers or [])
     if cfg.logger.csv:
@@ -170,6 +175,7 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
                 if cfg.eval.generate and cfg.eval.every_n_validations and parts.bundle.val
                 else []
             ),
+            *([trial] if trial else []),
         ],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=t.enable_progress_bar,
@@ -303,7 +309,8 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None, trackers: 
     pl.seed_everything(cfg.seed, workers=True)
     parts = build_parts(cfg, run_dir, resumed)
     trackers += build_trackers(cfg, run_dir, resumed.step if resumed else None, sweep_folder(cfg, run_dir))
-    trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None, trackers)
+    trial = TrialReport(cfg.search) if cfg.search.trial is not None else None
+    trainer = build_trainer(cfg, run_dir, parts, resumed.step if resumed else None, trackers, trial)
     for tracker in trackers:
         tracker.log_hyperparams(flat_config(cfg))
     if trainer.is_global_zero:
@@ -322,6 +329,10 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None, trackers: 
     if cfg.logger.sample_ids:
         os.makedirs(os.path.join(run_dir, SAMPLE_IDS), exist_ok=True)
     trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=resumed.checkpoint if resumed else None)
+    if trial and trial.pruned:
+        if trainer.is_global_zero:
+            write_status(run_dir, "pruned", trial.pruned)
+        return run_dir
     if final_validation_due(cfg, parts, trainer):
         trainer.validate(parts.module, datamodule=parts.datamodule, verbose=False)
     module = parts.module
@@ -346,5 +357,9 @@ def _train(cfg: RunConfig, run_dir: str, overrides: list[str] | None, trackers: 
             out = export_dir(cfg, run_dir)
             kind = export_model(module.model, parts.processor, out, cfg.export.mode, gathered)
             log.info("exported %s to %s", kind, out)
+        if trial:
+            result = write_objective(run_dir, read_rows(os.path.join(run_dir, METRICS)), cfg.search)
+            log.info("search objective: %s", f"{result['value']:.6g} ({cfg.search.objective} at step {result['step']})" if result
+                     else f"none: the run logged no {cfg.search.objective}_<group> for every weighted group")
         write_status(run_dir, "completed")
     return run_dir
