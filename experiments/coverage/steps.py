@@ -38,4 +38,13 @@ def generate(path: str) -> None:
 
 
 if __name__ == "__main__":
-    {"load": load, "generate": generate}[sys.argv[1]](sys.argv[2])
+    if sys.argv[1] == "load":
+        from curriculum.cli.common import USER_ERRORS, user_message
+
+        try:
+            load(sys.argv[2])
+        except USER_ERRORS as e:  # a refusal: one line, as curriculum-train prints it
+            print(f"error: {user_message(e)}", file=sys.stderr)
+            sys.exit(1)
+    else:
+        generate(sys.argv[2])
