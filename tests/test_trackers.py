@@ -92,6 +92,7 @@ def test_mlflow_gets_the_config_every_row_and_the_files_and_a_sweep_is_one_paren
     run_cli("train", "-m", "seed=0,1", "logger=mlflow", *ARGS, f"paths.output_root={root}", f"hydra.sweep.dir={sweep}")
     client = mlflow_client(root)
     experiment = client.get_experiment_by_name("curriculum")
+    assert experiment.artifact_location == (root / "mlartifacts").as_uri()  # beside the store, not in the current folder
     runs = {r.data.tags["run_dir"]: r for r in client.search_runs([experiment.experiment_id])}
     parent = runs.pop(str(sweep))
     assert sorted(runs) == [str(sweep / "0"), str(sweep / "1")]

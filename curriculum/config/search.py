@@ -11,6 +11,7 @@ from curriculum.config.common import ConfigError, positive
 OBJECTIVES = ("val/loss", "eval/loss", "eval/exact_match", "eval/token_f1")
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "none")
+PRUNE_FROM = ("last_stage", "start")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class SearchConfig:
     seed: int = 0
     # median: stop a trial whose objective at a validation is worse than the median of earlier trials at that step.
     pruner: str = "median"
+    # Validations the pruner judges: those of the last stage (earlier stages may trade one group for another on
+    # purpose, e.g. an image-text-only stage that the blend recovers from), or from the start.
+    prune_from: str = "last_stage"
     # The search folder (trials 0/, 1/, ... and search.db); null = <paths.output_root>/searches/<date>/<time>.
     # Give an existing one to continue an interrupted search.
     dir: Optional[str] = None
@@ -44,6 +48,8 @@ class SearchConfig:
             raise ConfigError(f"search.sampler={self.sampler} is not allowed: use {' or '.join(SAMPLERS)}.")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"search.pruner={self.pruner} is not allowed: use {' or '.join(PRUNERS)}.")
+        if self.prune_from not in PRUNE_FROM:
+            raise ConfigError(f"search.prune_from={self.prune_from} is not allowed: use {' or '.join(PRUNE_FROM)}.")
         positive("search.n_trials", self.n_trials)
         if self.startup_trials < 0:
             raise ConfigError(f"search.startup_trials={self.startup_trials} is not allowed: use 0 or more.")

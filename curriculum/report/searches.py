@@ -77,53 +77,74 @@ def _value(v) -> str:
 
 
 def plot_search(study, settings: dict, path: str) -> str:
-    """search.png: the objective of each trial with the best so far, then each searched key against the objective."""
+    """search.png: the objective of each trial with the best so far, then each searched key against the objective.
+
+    The y range is the completed trials'; a pruned trial's last reported value above it sits on the top edge (a triangle).
+    """
     keys = list(settings["space"])
     trials = [t for t in study.trials if not t.user_attrs.get("interrupted")]
-    fig = figure(figsize=(5.5 * (1 + len(keys)), 4.4))
-    axes = np.atleast_1d(fig.subplots(1, 1 + len(keys), squeeze=False)[0])
+    cols = min(3, 1 + len(keys))
+    rows = -(-(1 + len(keys)) // cols)
+    fig = figure(figsize=(5.2 * cols, 4.0 * rows + 0.4))
+    axes = list(np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel()))
+    for ax in axes[1 + len(keys):]:
+        ax.set_visible(False)
     better = min if settings["minimize"] else max
-    done = [(t.number, t.value) for t in trials if t.state.name == "COMPLETE"]
-    pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials
-              if t.state.name == "PRUNED" and t.intermediate_values]
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    pruned = [(t, t.intermediate_values[max(t.intermediate_values)]) for t in trials if t.state.name == "PRUNED" and t.intermediate_values]
+    values = [t.value for t in done]
+    lo, hi = (min(values), max(values)) if values else (None, None)
+    pad = 0.15 * ((hi - lo) or abs(hi) or 1.0) if values else 0.0
+    top = hi + pad if values and settings["minimize"] else None
+    bottom = lo - pad if values and not settings["minimize"] else None
+
+    def clip(v: float) -> tuple[float, str]:
+        """A pruned value inside the plotted range, and its marker (a triangle on the edge when outside)."""
+        if top is not None and v > top:
+            return top, "^"
+        if bottom is not None and v < bottom:
+            return bottom, "v"
+        return v, "x"
+
+    def draw(ax, points_done, points_pruned) -> None:
+        if points_done:
+            ax.plot(*zip(*points_done), "o", color="C0", label="completed")
+        for x, v in points_pruned:
+            y, marker = clip(v)
+            ax.plot([x], [y], marker, color="0.5", ms=7, label="pruned (last reported)")
+        if values:
+            ax.set_ylim(bottom if bottom is not None else lo - pad, top if top is not None else hi + pad)
+        ax.grid(alpha=0.3)
+
     ax = axes[0]
     if not done and not pruned:
         empty_axes(ax, "no trial ended yet")
+    draw(ax, [(t.number, t.value) for t in done], [(t.number, v) for t, v in pruned])
     if done:
-        ax.plot(*zip(*done), "o", color="C0", label="completed")
         best, so_far = [], None
-        for n, v in done:
-            so_far = v if so_far is None else better(so_far, v)
-            best.append((n, so_far))
+        for t in done:
+            so_far = t.value if so_far is None else better(so_far, t.value)
+            best.append((t.number, so_far))
         ax.step(*zip(*best), where="post", color="C3", label="best so far")
-    if pruned:
-        ax.plot(*zip(*pruned), "x", color="0.5", label="pruned (last reported)")
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=8)
     ax.set_xlabel("trial")
     ax.set_ylabel(f"objective ({settings['objective']})")
     ax.set_title("objective per trial", fontsize=11)
-    ax.grid(alpha=0.3)
-    if done or pruned:
-        ax.legend(fontsize=8)
+    best_t = best_trial(study)
     for ax, key in zip(axes[1:], keys):
-        pts = [(t.params[key], t.value) for t in trials if t.state.name == "COMPLETE" and key in t.params]
-        cut = [(t.params[key], v) for t in trials for n, v in pruned if t.number == n and key in t.params]
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in pts + cut)
-        if not pts and not cut:
-            empty_axes(ax, "no trial ended yet")
-        to_x = (lambda x: x) if numeric else (lambda x: str(x))
-        if pts:
-            ax.plot([to_x(x) for x, _ in pts], [y for _, y in pts], "o", color="C0")
-        if cut:
-            ax.plot([to_x(x) for x, _ in cut], [y for _, y in cut], "x", color="0.5")
-        best = best_trial(study)
-        if best is not None and key in best.params:
-            ax.plot([to_x(best.params[key])], [best.value], "*", ms=14, color="C3", label="best")
-            ax.legend(fontsize=8)
+        numeric = all(isinstance(t.params.get(key), (int, float)) for t in trials if key in t.params)
+        to_x = (lambda x: x) if numeric else str
+        draw(ax, [(to_x(t.params[key]), t.value) for t in done if key in t.params],
+             [(to_x(t.params[key]), v) for t, v in pruned if key in t.params])
+        if best_t is not None and key in best_t.params:
+            ax.plot([to_x(best_t.params[key])], [best_t.value], "*", ms=15, color="C3", zorder=5)
         if "log" in settings["space"][key]:
             ax.set_xscale("log")
         ax.set_xlabel(key, fontsize=8)
-        ax.set_title(settings["space"][key], fontsize=9)
-        ax.grid(alpha=0.3)
+        ax.set_title(settings["space"][key] + ("  (star: best)" if best_t is not None else ""), fontsize=9)
     fig.suptitle(f"search: {len(done)} completed, {len(pruned)} pruned; objective {settings['objective']} "
                  f"({'minimised' if settings['minimize'] else 'maximised'})", fontsize=11)
     fig.savefig(path, dpi=110)
@@ -143,7 +164,9 @@ def write_search_report(folder: str) -> str:
     space = "\n".join(f"- `{k}`: {d}" for k, d in settings["space"].items())
     with open(os.path.join(folder, "trials.md"), "w", encoding="utf-8") as f:
         f.write(f"# Search {folder}\n\n{text}\n\nSearched:\n{space}\n\nShared overrides: `{' '.join(settings['overrides']) or '(none)'}`\n\n")
-        f.write(markdown_table(rows) if rows else "no trials yet\n")
+        # Searched values with 4 significant digits (a learning rate would lose its digits to 4 decimals).
+        shown = [{k: f"{v:.4g}" if k in settings["space"] and isinstance(v, float) else v for k, v in r.items()} for r in rows]
+        f.write(markdown_table(shown) if rows else "no trials yet\n")
     plot_search(study, settings, os.path.join(folder, "search.png"))
     return text
 

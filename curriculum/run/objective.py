@@ -57,13 +57,13 @@ def storage_url(search_dir: str) -> str:
     return f"sqlite:///{os.path.abspath(os.path.join(search_dir, STORAGE))}"
 
 
-def make_pruner(search: SearchConfig):
-    """The configured Optuna pruner: median (none before `startup_trials` trials completed) or none."""
+def make_pruner(search: SearchConfig, first_step: int = 0):
+    """The configured Optuna pruner: median (none before `startup_trials` trials completed, nor before `first_step`) or none."""
     import optuna
 
     if search.pruner == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials, n_warmup_steps=0)
+    return optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials, n_warmup_steps=first_step)
 
 
 class TrialReport(pl.Callback):
@@ -79,7 +79,8 @@ class TrialReport(pl.Callback):
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            study = optuna.load_study(study_name=STUDY, storage=storage_url(self.search.dir), pruner=make_pruner(self.search),
+            first = pl_module.schedule.stages[-1].start_step if self.search.prune_from == "last_stage" else 0
+            study = optuna.load_study(study_name=STUDY, storage=storage_url(self.search.dir), pruner=make_pruner(self.search, first),
                                       sampler=optuna.samplers.RandomSampler())
             self.trial = optuna.trial.Trial(study, self.search.trial)
 

@@ -13,6 +13,7 @@ import netrc
 import os
 import shutil
 import uuid
+from pathlib import Path
 
 from filelock import FileLock
 from pytorch_lightning.loggers.logger import Logger
@@ -181,9 +182,11 @@ def _mlflow_experiment(uri: str, name: str, lock_dir: str) -> str:
     for quiet in ("alembic", "mlflow"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=uri)
+    # A SQLite store keeps files under the current folder unless told: beside the database instead.
+    files = Path(uri.removeprefix("sqlite:///")).parent.joinpath("mlartifacts").as_uri() if uri.startswith("sqlite:///") else None
     with FileLock(os.path.join(lock_dir, ".mlflow.lock")):
         found = client.get_experiment_by_name(name)
-        return found.experiment_id if found else client.create_experiment(name)
+        return found.experiment_id if found else client.create_experiment(name, artifact_location=files)
 
 
 def _mlflow_parent(uri: str, experiment_id: str, sweep_dir: str) -> str:
