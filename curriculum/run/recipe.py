@@ -36,7 +36,7 @@ from curriculum.run.metrics_log import RunCSVLogger
 from curriculum.run.objective import TrialReport, write_objective
 from curriculum.run.resume import RUN_CONFIG, Resume, checked_data, preflight
 from curriculum.run.resume import record as record_resume
-from curriculum.run.trackers import Tracker, build_trackers, sweep_folder
+from curriculum.run.trackers import Tracker, build_trackers, flat_config, sweep_folder
 from curriculum.schedule.plan import build_plan, plot_plan, write_plan
 from curriculum.schedule.stream import CurriculumStream, build_stream
 
@@ -186,18 +186,6 @@ def build_trainer(cfg: RunConfig, run_dir: str, parts: Parts, resume_step: int |
         default_root_dir=run_dir,
         deterministic=t.deterministic,
     )
-
-
-def flat_config(cfg: RunConfig) -> dict:
-    """The resolved config as {dotted key: value}, the keys overrides use (e.g. schedule.stages.blend.mix.text_only)."""
-    def flat(node, prefix=""):
-        for k, v in node.items():
-            if isinstance(v, dict) and v:
-                yield from flat(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-
-    return dict(flat(OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)))
 
 
 def generation_eval(cfg: RunConfig, parts: Parts) -> dict:

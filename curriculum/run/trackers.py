@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from filelock import FileLock
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -106,6 +107,18 @@ class Tracker(Logger):
                 # W&B uploads what its run folder's files/ holds (at the end, or at `wandb sync` when offline).
                 shutil.copy2(path, run.dir)
             run.finish(exit_code=0 if status == "success" else 1)
+
+
+def flat_config(cfg: RunConfig) -> dict:
+    """The resolved config as {dotted key: value}, the keys overrides use (e.g. schedule.stages.blend.mix.text_only)."""
+    def flat(node, prefix=""):
+        for k, v in node.items():
+            if isinstance(v, dict) and v:
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    return dict(flat(OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)))
 
 
 def sweep_folder(cfg: RunConfig, run_dir: str) -> str | None:
