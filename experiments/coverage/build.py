@@ -591,6 +591,7 @@ def build(model_type: str, out: str, info: dict) -> dict:
                         parameters=sum(p.numel() for p in model.parameters()))
             model.save_pretrained(out)
             processor.save_pretrained(out)
+            reload_check(out, processor, info)
             info.pop("last_traceback", None)
             return info
         if tried > 24:
@@ -599,6 +600,27 @@ def build(model_type: str, out: str, info: dict) -> dict:
     # the attempt that got furthest: past the processor's own placeholder count check, into the model
     deep = [e for e in errors if "should be the same as the number of images passed" not in e]
     raise BuilderGap((deep or errors or ["no processor could be built"])[0])
+
+
+def reload_check(out: str, processor, info: dict) -> None:
+    """The folder must load back as a hub checkpoint does: the template saved (some processors drop it), the config
+    valid when read again (from_pretrained validates what the constructor did not)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if AutoProcessor.from_pretrained(out).chat_template is None:
+        with open(os.path.join(out, "chat_template.jinja"), "w") as f:
+            f.write(processor.chat_template)
+        info["template_file_written"] = True
+        if AutoProcessor.from_pretrained(out).chat_template is None:
+            # the processor class has no chat-template slot (BLIP, GIT): the tokenizer carries it, as on the hub
+            loaded = AutoProcessor.from_pretrained(out)
+            if getattr(getattr(loaded, "tokenizer", None), "chat_template", None) is None:
+                raise BuilderGap("the saved processor does not load its chat template back, nor its tokenizer")
+            info["template_on_tokenizer_only"] = True
+    try:
+        AutoModelForImageTextToText.from_pretrained(out)
+    except Exception as e:  # noqa: BLE001
+        raise BuilderGap(f"the saved checkpoint does not load back: {type(e).__name__}: {first_line(e)}") from e
 
 
 def first_line(e: BaseException) -> str:
