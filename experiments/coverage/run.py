@@ -104,6 +104,9 @@ def classify(step: str, facts: dict, info: dict, out: str) -> str:
         return "config not shrinkable / builder gap"
     if info.get("is_encoder_decoder"):
         return "encoder-decoder"
+    if "the processor refused it" in text or "skipped: " in text:
+        # the collator's call of the processor failed on every sample: how curriculum calls it, not a refusal by design
+        return "unsupported by our collator or module"
     if facts.get("one_line"):
         return "refused by curriculum"
     if facts.get("where") or step == "labels":
