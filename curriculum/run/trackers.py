@@ -211,8 +211,10 @@ def _mlflow_parent(uri: str, experiment_id: str, sweep_dir: str) -> str:
         saved = _read(path)
         if saved.get("tracking_uri") == uri and saved.get("parent_run_id"):
             return saved["parent_run_id"]
-        run = MlflowClient(tracking_uri=uri).create_run(experiment_id, run_name=os.path.basename(os.path.normpath(sweep_dir)),
-                                tags={"run_dir": os.path.abspath(sweep_dir)})
+        client = MlflowClient(tracking_uri=uri)
+        run = client.create_run(experiment_id, run_name=os.path.basename(os.path.normpath(sweep_dir)), tags={"run_dir": os.path.abspath(sweep_dir)})
+        # The parent only groups its jobs (a tag on each): it holds nothing that could still be running.
+        client.set_terminated(run.info.run_id)
         write_json(path, {"tracking_uri": uri, "parent_run_id": run.info.run_id})
         return run.info.run_id
 
