@@ -80,9 +80,14 @@ FAMILIES = [
            "the processor pads left (the collator asks for right)", module="minicpmv4_6", packing="no: linear-attention layers"),
     Family("tiny-minicpmv4.7", "MiniCPM-V 4.7", "MiniCPMV4_7ForConditionalGeneration", "as MiniCPM-V 4.6, plus `mm_token_type_ids`",
            module="minicpmv4_7", packing="no: linear-attention layers"),
+    Family("tiny-qwen3-vl-moe", "Qwen3-VL-MoE", "Qwen3VLMoeForConditionalGeneration",
+           "as Qwen3-VL; mixture-of-experts language layers (fused expert weights, a router per layer)", module="qwen3_vl_moe",
+           packing="yes, per-sample 3-D positions"),
     Family("tiny-glm4v", "GLM-4.1V", "Glm4vForConditionalGeneration",
            "flattened patches + `image_grid_thw`, `mm_token_type_ids`; template starts `[gMASK]<sop>` and closes no turn "
            "(the collator appends EOS to the last answer, supervised)", module="glm4v", packing="yes, per-sample 3-D positions"),
+    Family("tiny-glm4v-moe", "GLM-4.5V", "Glm4vMoeForConditionalGeneration",
+           "as GLM-4.1V; mixture-of-experts language layers with a shared expert", module="glm4v_moe", packing="yes, per-sample 3-D positions"),
     Family("tiny-lfm2-vl", "LFM2-VL", "Lfm2VlForConditionalGeneration",
            "tiles of patches (`pixel_values` `(tiles, patches, 3·p²)`), `pixel_attention_mask`, `spatial_shapes`; template writes BOS; "
            "conv + attention language model", module="lfm2_vl", packing="no: conv layers"),

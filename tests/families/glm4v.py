@@ -38,8 +38,10 @@ _MARKERS = ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|ob
             "<|begin_of_image|>", "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]
 
 
-def build(tokenizer):
-    from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vProcessor
+def build(tokenizer, config_class: str = "Glm4vConfig", model_class: str = "Glm4vForConditionalGeneration", **text_extra):
+    """The tiny model and processor; GLM-4.5V passes its MoE classes and expert settings (families/glm4v_moe.py)."""
+    import transformers
+    from transformers import Glm4vProcessor
     from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
     from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
 
@@ -54,10 +56,11 @@ def build(tokenizer):
         num_key_value_heads=1, max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos,
         # head_dim 16; half of it rotates (as GLM-4.1V's 0.5), split over (t, h, w) sections that sum to 16 * 0.5 / 2
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
+        **text_extra,
     )
     vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=4,
                   spatial_merge_size=2, temporal_patch_size=2, image_size=32)
-    config = Glm4vConfig(
+    config = getattr(transformers, config_class)(
         text_config=text, vision_config=vision,
         image_token_id=ids("<|image|>"), video_token_id=ids("<|video|>"),
         image_start_token_id=ids("<|begin_of_image|>"), image_end_token_id=ids("<|end_of_image|>"),
@@ -70,4 +73,4 @@ def build(tokenizer):
     video_processor = Glm4vVideoProcessor(size={"shortest_edge": 8 * 8, "longest_edge": 2 * 64 * 64}, num_frames=2, **sizes)
     processor = Glm4vProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                                chat_template=GLM4V_TEMPLATE)
-    return Glm4vForConditionalGeneration(config), processor
+    return getattr(transformers, model_class)(config), processor
