@@ -92,10 +92,14 @@ def test_a_packed_step_equals_the_padded_step_or_is_refused_in_one_sentence(arch
     module, padded_collate, packed_collate = module_and_collators(arch)
     if os.path.basename(arch) in REFUSED:
         with pytest.raises(ConfigError) as e:
-            refuse_packing(module.model, padded_collate.processor)
+            refuse_packing(module.model, padded_collate.processor, padded_collate.max_length)
         assert str(e.value).startswith("data.packing=true is not supported for this model: ") and str(e.value).count(". ") == 0
         return
-    refuse_packing(module.model, padded_collate.processor)
+    refuse_packing(module.model, padded_collate.processor, padded_collate.max_length)
+    chunk = getattr(module.model.config.get_text_config(), "attention_chunk_size", None)
+    if chunk:  # Llama 4: rows longer than the attention chunk would split samples at the row's chunk boundaries
+        with pytest.raises(ConfigError, match=f"its attention is chunked every {chunk} tokens of a row, fewer than data.max_length={chunk + 1}"):
+            refuse_packing(module.model, padded_collate.processor, chunk + 1)
     records = mixed_records(tmp_path)
     want, got = padded_collate(records), packed_collate(records)
     assert got["input_ids"].shape[0] == 1 and (got["sample_index"] >= 0).all()  # one row, no padding at all

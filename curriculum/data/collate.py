@@ -148,6 +148,9 @@ class Collator:
                 self._reject(r, str(e), skipped)
                 prepared.append(self._replacement(r, skipped))
         batch = self._encode([p for p in prepared if p is not None], skipped)
+        # Floating inputs as float32 whatever the processor returns (Llama 4's gives bfloat16 pixels): the module,
+        # evaluation and Lightning's precision cast them to the model's dtype from there.
+        batch = {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in batch.items()}
         batch["skipped"] = skipped
         # Every drawn record, skipped or not, so the realised mix can be checked against the plan.
         batch["drawn_group_ids"] = torch.tensor([self.group_index[r["group"]] for r in records], dtype=torch.long)

@@ -68,7 +68,7 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> 
     processor = load_processor(path, cfg.model.processor_kwargs)
     model = load_model(cfg.model, path, cfg.trained_modes())
     if cfg.data.packing:
-        refuse_packing(model, processor)
+        refuse_packing(model, processor, cfg.data.max_length)
         if getattr(model.config, "_attn_implementation", None) != "flash_attention_2":
             log.info("data.packing: without model.attn_implementation=flash_attention_2, each packed row's attention scores every "
                      "token pair of the row (masked): packing saves the padding, not the attention across samples")
@@ -103,13 +103,18 @@ def build_parts(cfg: RunConfig, run_dir: str, resumed: Resume | None = None) -> 
     return Parts(bundle, stream, run_steps, processor, module, datamodule, build_plan(bundle, stream, run_steps))
 
 
-def refuse_packing(model, processor) -> None:
+def refuse_packing(model, processor, max_length: int) -> None:
     """Refuse data.packing=true, in one sentence, for a family that cannot train on packed rows."""
     try:
         sample = one_image_sample(processor, model)
     except Exception:  # noqa: BLE001 - a processor that cannot build a bare one-image sample: judged by the model alone
         sample = {}
     reason = packing_refusal(model, sample)
+    text = getattr(model.config, "text_config", model.config)
+    chunk = getattr(text, "attention_chunk_size", None)
+    if not reason and chunk and chunk < max_length:
+        # Chunked local attention (Llama 4) splits a packed row at multiples of the chunk size, not at each sample's.
+        reason = f"its attention is chunked every {chunk} tokens of a row, fewer than data.max_length={max_length}"
     if reason:
         raise ConfigError(f"data.packing=true is not supported for this model: {reason}; train it with data.packing=false.")
 

@@ -60,6 +60,9 @@ FAMILIES = [
            module="paligemma", packing="no: prefix-LM `token_type_ids`"),
     Family("tiny-aya-vision", "Aya Vision", "AyaVisionForConditionalGeneration",
            "crops + global view on dim 0 with `TILE_n` text markers (labels via processed prefixes); template writes BOS", module="aya_vision"),
+    Family("tiny-llama4", "Llama 4", "Llama4ForConditionalGeneration",
+           "one `<|image|>` per image expanded to `<|patch|>` tiles (features go to the patch tokens, pixel-shuffled); "
+           "mixture-of-experts language layers with chunked attention; template writes BOS", module="llama4"),
     Family("tiny-mllama", "Llama 3.2 Vision (Mllama)", "MllamaForConditionalGeneration",
            "6-D `pixel_values`, `aspect_ratio_ids`/`_mask`, `cross_attention_mask`; one `<\\|image\\|>` token, past the LM head's rows",
            "all below (its zero-weight pass is a whole forward on a dummy sample, so the cross-attention layers take part), "
