@@ -294,3 +294,31 @@ def test_a_sample_the_processor_refuses_with_any_error_follows_the_policy(proces
     assert batch["skipped"][0]["reason"] == "the processor refused it: list index out of range"
     with pytest.raises(SampleError, match=r"record o \(test.jsonl\): the processor refused it: list index out of range"):
         Collator(processor, GROUPS, 512, "error")([record("o", "An odd question?", "A.")])
+
+
+class FlatImagesOnly:
+    """A processor that refuses images nested per row, as GOT-OCR2's does without multi_page."""
+
+    def __init__(self, processor):
+        self.inner = processor
+
+    def __getattr__(self, name):
+        if "inner" not in self.__dict__:  # a copy being built
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, text=None, images=None, **kwargs):
+        if images is not None and isinstance(images[0], list):
+            raise ValueError("Nested images are only supported with `multi_page` set to `True`.")
+        return self.inner(text=text, images=images, **kwargs)
+
+
+def test_a_processor_that_takes_only_a_flat_image_list_gets_one_in_row_order(processor, tmp_path):
+    records = [record("a", "<image>\nShape?", "A square.", [png(tmp_path / "a.png", (255, 0, 0))]), record("t", "Q?", "Four."),
+               record("b", "<image>\nShape?", "A circle.", [png(tmp_path / "b.png", (0, 0, 255))])]
+    want = Collator(processor, GROUPS, 512, "error")(records)
+    flat = Collator(FlatImagesOnly(processor), GROUPS, 512, "error")
+    got = flat(records)
+    assert flat.flat_images is True and not got["skipped"]
+    for key in ("input_ids", "labels", "pixel_values", "attention_mask"):
+        assert torch.equal(got[key], want[key]), key

@@ -57,3 +57,13 @@ def test_an_unmapped_parameter_says_how_to_map_it_and_model_components_maps_it()
 def test_model_components_are_checked(components_, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         ModelConfig(components=components_).check()
+
+
+def test_projector_and_tower_names_of_further_families_are_found():
+    """DeepSeek-VL/Janus (aligner), ERNIE-4.5-VL (resampler_model), PaddleOCR-VL/VideoLLaMA3/HyperCLOVA X (projector),
+    Video-LLaVA (video_tower): the names experiments/coverage met in transformers' image-text-to-text models."""
+    assert component_of("model.aligner.linear1.weight") == "projector"
+    assert component_of("model.resampler_model.spatial_linear.fc1.weight") == "projector"
+    assert component_of("model.projector.readout.0.weight") == "projector"
+    assert component_of("model.video_tower.embeddings.class_embedding") == "vision"
+    assert component_of("model.language_model.layers.0.mlp.down_proj.weight") == "language"

@@ -131,6 +131,8 @@ class Collator:
         self.prefix_lm = "suffix" in inspect.signature(type(self.processor).__call__).parameters
         # Such processors refuse text-only rows (and mangle them in a mixed batch): the tokenizer encodes those rows.
         self.text_rows_by_tokenizer = not takes_text_only(self.processor)
+        # Whether the processor takes a batch's images as one flat list (None: not known before the first images).
+        self.flat_images: bool | None = None
 
     def with_replacements(self, replacements: Replacements) -> Collator:
         """This collator replacing unusable samples from `replacements` (shares the processor)."""
@@ -277,9 +279,29 @@ class Collator:
         return self._call(texts, images, special)
 
     def _call(self, texts: list[str], images, special: bool):
-        return self.processor(
-            text=texts, images=images, padding=True, padding_side=self.tokenizer.padding_side, add_special_tokens=special, return_tensors="pt",
+        return self._processed(
+            texts, images, padding=True, padding_side=self.tokenizer.padding_side, add_special_tokens=special, return_tensors="pt",
         )
+
+    def _processed(self, texts: list[str], images: list[list] | None, **kwargs):
+        """The processor on rows and their images: nested per row, or flat in row order for a processor that refuses
+        nested images (GOT-OCR2 without multi_page), found on the first call that has images."""
+        if images is not None and self.flat_images:
+            images = [im for row in images for im in row]
+        try:
+            out = self.processor(text=texts, images=images, **kwargs)
+        except Exception as nested_error:  # noqa: BLE001 - whatever the processor raises; re-raised unless flat images pass
+            if images is None or self.flat_images is not None:
+                raise
+            try:
+                out = self.processor(text=texts, images=[im for row in images for im in row], **kwargs)
+            except Exception:  # noqa: BLE001 - the nested call's error is the one to report
+                raise nested_error from None
+            self.flat_images = True
+            return out
+        if images is not None and self.flat_images is None:
+            self.flat_images = False
+        return out
 
     def _process_error(self, p: _Prepared) -> str:
         try:
@@ -308,7 +330,7 @@ class Collator:
         if not n_images and self.text_rows_by_tokenizer:
             return self.tokenizer(text, add_special_tokens=p.add_special_tokens)["input_ids"]
         images = [p.images[:n_images]] if n_images else None
-        out = self.processor(text=[text], images=images, add_special_tokens=p.add_special_tokens, return_tensors="pt")
+        out = self._processed([text], images, add_special_tokens=p.add_special_tokens, return_tensors="pt")
         return out["input_ids"][0].tolist()
 
     def _labels(self, out, prepared: list[_Prepared]):

@@ -16,9 +16,12 @@ _MARKERS = {
     # LLaVA-NeXT/OneVision's image_newline is a learned embedding appended to image features; Qwen3-VL's
     # DeepStack mergers project features of inner vision layers into the language model, as its merger does;
     # Gemma 3n/4's embed_vision embeds the tower's output into the language model's space.
-    "projector": (r"multi_modal_projector|mm_projector|connector|merger|deepstack_merger_list|resampler|vision_projection|"
-                  r"image_newline|embed_vision"),
-    "vision": r"vision_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
+    # DeepSeek-VL and Janus call it the aligner; ERNIE-4.5-VL its resampler_model; PaddleOCR-VL, VideoLLaMA3 and
+    # HyperCLOVA X a plain projector.
+    "projector": (r"multi_modal_projector|mm_projector|projector|aligner|connector|merger|deepstack_merger_list|resampler\w*|"
+                  r"vision_projection|image_newline|embed_vision"),
+    # Video-LLaVA's video tower encodes frames as its image tower encodes images.
+    "vision": r"vision_tower|video_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
     "language": r"language_model|text_model|lm_head|llm|embed_tokens",
 }
 _PATTERNS = {c: re.compile(rf"(?:^|\.)(?:{m})(?:\.|$)") for c, m in _MARKERS.items()}

@@ -67,13 +67,31 @@ def load_processor(path: str, kwargs: dict | None = None):
     from transformers import AutoProcessor
 
     kwargs = kwargs or {}
+    refuse_encoder_decoder(path)
     with _one_line(path):
         processor = AutoProcessor.from_pretrained(path, **kwargs)
         if "backend" not in kwargs and getattr(processor, "image_processor", None) is not None:
             processor.image_processor = _pil_image_processor(path, kwargs)
+    if getattr(processor, "chat_template", None) is None and getattr(getattr(processor, "tokenizer", None), "chat_template", None):
+        # Some processor classes (BLIP, BLIP-2, GIT, IDEFICS) do not load a saved template that their tokenizer does.
+        processor.chat_template = processor.tokenizer.chat_template
     if getattr(processor, "chat_template", None) is None:
-        raise ConfigError(f"model {path} has no chat template in its processor: labels need one to find assistant turns.")
+        raise ConfigError(f"model {path} has no chat template in its processor or tokenizer: labels need one to find assistant turns.")
     return processor
+
+
+def refuse_encoder_decoder(path: str) -> None:
+    """Refuse, in one sentence, a model whose language model is an encoder-decoder (Florence-2, UDOP, Pix2Struct...)."""
+    from transformers import AutoConfig
+
+    with _one_line(path):
+        config = AutoConfig.from_pretrained(path)
+    parts = [config, *(getattr(config, k, None) for k in ("text_config", "decoder"))]
+    if any(getattr(c, "is_encoder_decoder", False) for c in parts if c is not None):
+        raise ConfigError(
+            f"model {path} ({config.model_type}) is an encoder-decoder model: curriculum trains decoder-only language models "
+            "(labels are positions of one causal sequence), so it cannot train this one."
+        )
 
 
 def _pil_image_processor(path: str, kwargs: dict):
