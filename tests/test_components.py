@@ -61,9 +61,13 @@ def test_model_components_are_checked(components_, message):
 
 def test_projector_and_tower_names_of_further_families_are_found():
     """DeepSeek-VL/Janus (aligner), ERNIE-4.5-VL (resampler_model), PaddleOCR-VL/VideoLLaMA3/HyperCLOVA X (projector),
-    Video-LLaVA (video_tower): the names experiments/coverage met in transformers' image-text-to-text models."""
+    Video-LLaVA (video_tower), BLIP-2 (Q-Former, query tokens), BLIP (text_decoder): the names experiments/coverage met
+    in transformers' image-text-to-text models."""
     assert component_of("model.aligner.linear1.weight") == "projector"
     assert component_of("model.resampler_model.spatial_linear.fc1.weight") == "projector"
     assert component_of("model.projector.readout.0.weight") == "projector"
     assert component_of("model.video_tower.embeddings.class_embedding") == "vision"
+    assert component_of("query_tokens") == component_of("qformer.encoder.layer.0.attention.attention.query.weight") == "projector"
+    assert component_of("language_projection.weight") == "projector"
+    assert component_of("text_decoder.bert.embeddings.word_embeddings.weight") == "language"
     assert component_of("model.language_model.layers.0.mlp.down_proj.weight") == "language"

@@ -17,12 +17,13 @@ _MARKERS = {
     # DeepStack mergers project features of inner vision layers into the language model, as its merger does;
     # Gemma 3n/4's embed_vision embeds the tower's output into the language model's space.
     # DeepSeek-VL and Janus call it the aligner; ERNIE-4.5-VL its resampler_model; PaddleOCR-VL, VideoLLaMA3 and
-    # HyperCLOVA X a plain projector.
+    # HyperCLOVA X a plain projector; BLIP-2 a Q-Former with learned query tokens and a language projection.
     "projector": (r"multi_modal_projector|mm_projector|projector|aligner|connector|merger|deepstack_merger_list|resampler\w*|"
-                  r"vision_projection|image_newline|embed_vision"),
+                  r"vision_projection|language_projection|qformer|query_tokens|image_newline|embed_vision"),
     # Video-LLaVA's video tower encodes frames as its image tower encodes images.
     "vision": r"vision_tower|video_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
-    "language": r"language_model|text_model|lm_head|llm|embed_tokens",
+    # BLIP's language model is its text_decoder.
+    "language": r"language_model|text_model|text_decoder|lm_head|llm|embed_tokens",
 }
 _PATTERNS = {c: re.compile(rf"(?:^|\.)(?:{m})(?:\.|$)") for c, m in _MARKERS.items()}
 
