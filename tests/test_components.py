@@ -66,7 +66,7 @@ def test_projector_and_tower_names_of_further_families_are_found():
     assert component_of("model.aligner.linear1.weight") == "projector"
     assert component_of("model.resampler_model.spatial_linear.fc1.weight") == "projector"
     assert component_of("model.projector.readout.0.weight") == "projector"
-    assert component_of("model.video_tower.embeddings.class_embedding") == "vision"
+    assert component_of("model.video_tower.embeddings.class_embedding") == component_of("model.image_tower.embeddings.patch_embedding.weight") == "vision"
     assert component_of("query_tokens") == component_of("qformer.encoder.layer.0.attention.attention.query.weight") == "projector"
     assert component_of("language_projection.weight") == "projector"
     assert component_of("text_decoder.bert.embeddings.word_embeddings.weight") == "language"

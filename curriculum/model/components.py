@@ -20,8 +20,8 @@ _MARKERS = {
     # HyperCLOVA X a plain projector; BLIP-2 a Q-Former with learned query tokens and a language projection.
     "projector": (r"multi_modal_projector|mm_projector|projector|aligner|connector|merger|deepstack_merger_list|resampler\w*|"
                   r"vision_projection|language_projection|qformer|query_tokens|image_newline|embed_vision"),
-    # Video-LLaVA's video tower encodes frames as its image tower encodes images.
-    "vision": r"vision_tower|video_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
+    # Video-LLaVA has an image tower and a video tower (frames).
+    "vision": r"vision_tower|image_tower|video_tower|vision_model|visual|vision_encoder|vpm|image_encoder",
     # BLIP's language model is its text_decoder.
     "language": r"language_model|text_model|text_decoder|lm_head|llm|embed_tokens",
 }

@@ -29,6 +29,8 @@ def generate(path: str) -> None:
 
     model = AutoModelForImageTextToText.from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
+    if processor.chat_template is None:  # BLIP-2's processor drops the template its tokenizer keeps (as curriculum's loader reads it)
+        processor.chat_template = processor.tokenizer.chat_template
     print("EXPORT_LOADED", flush=True)
     batch = as_model_dtype(dict(encode(processor, True, generation=True)), model)
     with torch.no_grad():
