@@ -71,3 +71,14 @@ def test_projector_and_tower_names_of_further_families_are_found():
     assert component_of("language_projection.weight") == "projector"
     assert component_of("text_decoder.bert.embeddings.word_embeddings.weight") == "language"
     assert component_of("model.language_model.layers.0.mlp.down_proj.weight") == "language"
+
+
+def test_training_a_component_the_model_lacks_is_refused_naming_it():
+    from curriculum.config import Mode, TrainableConfig
+    from curriculum.model.components import apply_trainability
+
+    model = torch.nn.Module()
+    model.vision_model = torch.nn.Linear(2, 2)
+    model.text_decoder = torch.nn.Linear(2, 2)  # BLIP: vision features go straight to the language model
+    with pytest.raises(ConfigError, match=r"model.trainable.projector=full matched no parameter: this model has no projector parameters"):
+        apply_trainability(model, TrainableConfig(vision=Mode.frozen, projector=Mode.full, language=Mode.full))

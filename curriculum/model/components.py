@@ -88,8 +88,11 @@ def apply_trainability(model: torch.nn.Module, trainable: TrainableConfig) -> di
             counts[comp] += p.numel()
     for comp in COMPONENTS:
         if getattr(trainable, comp) is not Mode.frozen and counts[comp] == 0:
+            has = any(component_of(n) == comp for n, _ in model.named_parameters())
             raise ConfigError(
                 f"model.trainable.{comp}={getattr(trainable, comp).value} matched no parameter: "
-                "for lora, check model.peft.target_modules / target_leaves."
+                + ("for lora, check model.peft.target_modules / target_leaves." if has else
+                   f"this model has no {comp} parameters (BLIP feeds its vision features to the language model directly); "
+                   f"set model.trainable.{comp}=frozen and schedule stages that train another component.")
             )
     return counts
