@@ -164,3 +164,16 @@ def test_a_four_trial_search_killed_mid_trial_continues_and_reports(tmp_path, ca
     assert (folder / "search.png").stat().st_size > 10_000
     assert json.loads((folder / "search.json").read_text())["space"]["schedule.stages.align.steps"] == "int [2, 4, step 2]"
     assert write_search_report(str(folder)).startswith("best: trial")
+
+
+def test_a_search_whose_trials_keep_failing_stops_after_three_naming_the_reason(tmp_path):
+    args = ["schedule.stages.blend.mix.text_only=interval(0,0.6)"]
+    calls = []
+
+    def broken(number, trial_id, overrides):
+        calls.append(number)
+        return Outcome("failed", reason="DataFileError: data.json: no such file")
+
+    with pytest.raises(ConfigError, match=r"search stopped: trials 0, 1, 2 failed in a row, the last with: DataFileError: data.json"):
+        run_search(str(tmp_path / "s"), SearchConfig(n_trials=10), parse_space(args), broken, args)
+    assert calls == [0, 1, 2]

@@ -84,8 +84,10 @@ def refuse_encoder_decoder(path: str) -> None:
     """Refuse, in one sentence, a model whose language model is an encoder-decoder (Florence-2, UDOP, Pix2Struct...)."""
     from transformers import AutoConfig
 
-    with _one_line(path):
+    try:
         config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):  # no model config here (a LoRA adapter's folder): the processor or model load says what is wrong
+        return
     parts = [config, *(getattr(config, k, None) for k in ("text_config", "decoder"))]
     if any(getattr(c, "is_encoder_decoder", False) for c in parts if c is not None):
         raise ConfigError(

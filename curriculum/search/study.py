@@ -26,6 +26,8 @@ from curriculum.search.space import Space
 log = logging.getLogger("curriculum")
 
 SETTINGS = "search.json"
+# Failed trials in a row that stop a search.
+MAX_FAILED_IN_A_ROW = 3
 
 
 @dataclass
@@ -123,6 +125,7 @@ def run_search(folder: str, search: SearchConfig, space: Space, run_trial: RunTr
         again = requeue_interrupted(study, folder)
         if again:
             log.info("search %s continues; interrupted trial(s) %s run again", folder, ", ".join(map(str, again)))
+        failed: list[int] = []
         while len(ended := ended_trials(study)) < search.n_trials:
             study.sampler = make_sampler(search, len(ended))
             trial = study.ask(space.params)
@@ -139,6 +142,12 @@ def run_search(folder: str, search: SearchConfig, space: Space, run_trial: RunTr
                 study.tell(trial, state=TrialState.PRUNED if outcome.state == "pruned" else TrialState.FAIL)
             log.info("trial %d %s%s (%.0f s)", trial.number, outcome.state,
                      f": objective {outcome.value:.6g}" if outcome.value is not None else f": {outcome.reason}", time.time() - start)
+            failed = failed + [trial.number] if outcome.state == "failed" else []
+            if len(failed) == MAX_FAILED_IN_A_ROW:
+                # The same broken data or setting would fail every further trial too.
+                raise ConfigError(f"search stopped: trials {', '.join(map(str, failed))} failed in a row, the last with: {outcome.reason} "
+                                  f"(see {os.path.join(folder, str(trial.number), 'console.log')}); fix it and continue with "
+                                  f"curriculum-search search.dir={folder}")
         return study
     finally:
         run_lock.release(folder)

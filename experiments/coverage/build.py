@@ -30,6 +30,9 @@ import traceback
 
 import torch
 
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+from curriculum.model.builtin import _CHAT_TEMPLATE as CHATML_TEMPLATE  # noqa: E402
+
 WIDTH, FFN, LAYERS, HEADS, EXPERTS, TOPK = 64, 128, 2, 2, 4, 2
 # A few per-type settings that generic shrinking cannot find (keep this short).
 OVERRIDES: dict[str, dict] = {
@@ -38,14 +41,8 @@ OVERRIDES: dict[str, dict] = {
     "llama4": {"set": {"vision_config.intermediate_size": 4 * WIDTH}},  # overlapping crops need more than 2 x overlap_margins (4) patches a side
 }
 
-GENERIC_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}{IMAGE}{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# The built-in models' ChatML template; {IMAGE} becomes the type's image placeholder.
+GENERIC_TEMPLATE = CHATML_TEMPLATE
 
 LAYER_KEYS = re.compile(r"^(num_hidden_layers|num_layers|depth|n_layers?|encoder_layers|decoder_layers|num_encoder_layers|"
                         r"num_decoder_layers|\w+_num_layers|num_\w+_layers|\w+_depth)$")
@@ -647,5 +644,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
     sys.exit(main())
