@@ -1,7 +1,7 @@
 """`curriculum-search [overrides]`: find the schedule that optimises search.objective, one training run per trial.
 
     curriculum-search 'schedule.stages.blend.mix.text_only=interval(0,0.6)' \\
-        'schedule.stages.align.steps=range(0,80,20)' 'optim.lr=tag(log,interval(1e-4,3e-3))' search.n_trials=20
+        'schedule.stages.align.steps=range(20,80,20)' 'optim.lr=tag(log,interval(1e-4,3e-3))' search.n_trials=20
     curriculum-search search.dir=outputs/searches/2026-12-06/10-00-00      # continue a stopped search
     curriculum-search search.dir=<folder> search.n_trials=30               # ... with more trials
     curriculum-report outputs/searches/2026-12-06/10-00-00                 # trials table, best configuration, plots
