@@ -122,3 +122,24 @@ def test_wandb_writes_an_offline_run_without_a_login_or_network(tmp_path, cache_
     records = open(os.path.join(offline, f"run-{run_id}.wandb"), "rb").read()
     for key in ("train/loss_image_text", "val/loss_text_only", "mix/text_only", "schedule"):
         assert key.encode() in records, key
+
+
+def test_a_resumed_run_continues_its_wandb_run_and_a_new_one_starts_its_own(tmp_path):
+    """The W&B run id is kept in the run folder: a resume asks W&B for that run (resume=allow), a new run gets a new id."""
+    from curriculum.config import RunConfig
+    from curriculum.run.trackers import build_trackers
+
+    cfg = RunConfig()
+    cfg.logger.tracker, cfg.logger.offline, cfg.paths.output_root = "wandb", True, str(tmp_path)
+    run = tmp_path / "2026-01-01" / "00-00-00"
+    run.mkdir(parents=True)
+    (first,) = build_trackers(cfg, str(run), None, None)
+    run_id = read_json(run / LEDGER)["run_id"]
+    assert first.inner._wandb_init["id"] == run_id and first.inner._wandb_init["name"] == "2026-01-01/00-00-00"
+    (again,) = build_trackers(cfg, str(run), 3, str(tmp_path / "sweep"))
+    assert again.inner._wandb_init["id"] == run_id and again.inner._wandb_init["resume"] == "allow"
+    assert again.inner._wandb_init["group"] == str(tmp_path / "sweep")
+    other = tmp_path / "2026-01-01" / "00-00-01"
+    other.mkdir()
+    (new,) = build_trackers(cfg, str(other), None, None)
+    assert new.inner._wandb_init["id"] != run_id
