@@ -473,6 +473,25 @@ def calibrate(processor, message: str) -> bool:
     return done
 
 
+def repoint_image_token(model, processor, message: str) -> bool:
+    """After "tokens: X, features: Y": point the config's image token at the one token of the processed image sample that
+    occurs Y times (Llama 4 expands `<|image|>` into `<|patch|>` tokens, which carry the features)."""
+    m = re.search(r"tokens:? (\d+),? features:? (\d+)", message)
+    if not m:
+        return False
+    features = int(m.group(2))
+    ids = encode(processor, True)["input_ids"][0].tolist()
+    special = set(processor.tokenizer.all_special_ids) | set(processor.tokenizer.get_added_vocab().values())
+    found = [t for t in set(ids) if ids.count(t) == features and t in special]
+    if len(found) != 1:
+        return False
+    keys = [(node, k) for node in (model.config, *(c for _, c in sub_configs(model.config)))
+            for k in ("image_token_id", "image_token_index") if isinstance(getattr(node, k, None), int)]
+    for node, key in keys:
+        setattr(node, key, found[0])
+    return bool(keys)
+
+
 def norm(name: str) -> str:
     return re.sub(r"image", "im", re.sub(r"[<>|\[\]]", "", name).lower()).removesuffix("_token")
 
@@ -575,7 +594,7 @@ def build(model_type: str, out: str, info: dict) -> dict:
                 try:
                     text_only = self_check(model, processor)
                 except Exception as e:  # noqa: BLE001
-                    if not calibrate(processor, str(e)):
+                    if not (calibrate(processor, str(e)) or repoint_image_token(model, processor, str(e))):
                         raise
                     text_only = self_check(model, processor)
                 info["text_only_forward"] = text_only or "ok"
