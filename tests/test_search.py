@@ -163,7 +163,7 @@ def test_a_four_trial_search_killed_mid_trial_continues_and_reports(tmp_path, ca
     assert len(table) == 5 and [r["state"] == "interrupted" for r in table] == [False, True, False, False, False]
     assert (folder / "search.png").stat().st_size > 10_000
     assert json.loads((folder / "search.json").read_text())["space"]["schedule.stages.align.steps"] == "int [2, 4, step 2]"
-    assert write_search_report(str(folder)).startswith("best: trial")
+    assert write_search_report(str(folder))[0].startswith("best: trial")
 
 
 def test_a_search_whose_trials_keep_failing_stops_after_three_naming_the_reason(tmp_path):

@@ -13,7 +13,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from curriculum.report.runs import read_overrides, write_run_report
-from curriculum.report.searches import is_search, load, trial_rows, write_search_report
+from curriculum.report.searches import is_search, write_search_report
 from curriculum.report.sweeps import MIN_SEEDS, aggregate, differing_overrides, few_seeds, format_cell, job_dirs, summarize, write_summary
 
 STATUS_STYLE = {"completed": "green", "failed": "red", "running": "yellow", "pruned": "blue", "interrupted": "magenta"}
@@ -111,9 +111,7 @@ def report_multirun(folder: str, console: Console) -> None:
 
 def report_search(folder: str, console: Console) -> None:
     """Write trials.csv/.md and search.png; print the trials table and the best configuration."""
-    text = write_search_report(folder)
-    study, settings = load(folder)
-    rows = trial_rows(study, settings)
+    text, rows, settings = write_search_report(folder)
     table = Table(title=f"search: {len(rows)} trials", box=box.SIMPLE_HEAVY)
     for c in rows[0] if rows else ["trial"]:
         table.add_column(c.split(".")[-1] if c in settings["space"] else c, justify="left" if c in ("state", "reason") else "right",

@@ -67,8 +67,7 @@ def main() -> None:
         sys.exit(1)
     from curriculum.report.searches import write_search_report
 
-    best = write_search_report(folder)
-    print(best)
+    print(write_search_report(folder)[0])
     print(f"search folder: {folder}")
 
 

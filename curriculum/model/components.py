@@ -92,7 +92,7 @@ def apply_trainability(model: torch.nn.Module, trainable: TrainableConfig) -> di
             raise ConfigError(
                 f"model.trainable.{comp}={getattr(trainable, comp).value} matched no parameter: "
                 + ("for lora, check model.peft.target_modules / target_leaves." if has else
-                   f"this model has no {comp} parameters (BLIP feeds its vision features to the language model directly); "
+                   f"this model has no {comp} parameters (e.g. BLIP's vision features go to its language model directly); "
                    f"set model.trainable.{comp}=frozen and schedule stages that train another component.")
             )
     return counts

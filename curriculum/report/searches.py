@@ -151,8 +151,9 @@ def plot_search(study, settings: dict, path: str) -> str:
     return path
 
 
-def write_search_report(folder: str) -> str:
-    """Write trials.csv, trials.md and search.png into a search folder; returns the best configuration as text."""
+def write_search_report(folder: str) -> tuple[str, list[dict], dict]:
+    """Write trials.csv, trials.md and search.png into a search folder; returns the best configuration as text, the
+    trial rows and the search's settings."""
     study, settings = load(folder)
     rows = trial_rows(study, settings)
     columns = list(rows[0]) if rows else ["trial", "state", "objective"]
@@ -168,5 +169,5 @@ def write_search_report(folder: str) -> str:
         shown = [{k: f"{v:.4g}" if k in settings["space"] and isinstance(v, float) else v for k, v in r.items()} for r in rows]
         f.write(markdown_table(shown) if rows else "no trials yet\n")
     plot_search(study, settings, os.path.join(folder, "search.png"))
-    return text
+    return text, rows, settings
 
